@@ -1,0 +1,36 @@
+"""utils: test and train custom transformer models from a notebook.
+
+``import utils`` loads only torch and numpy. The tiers load pandas,
+matplotlib, wandb and friends when you call them.
+
+Example:
+    >>> import utils
+    >>> model, config = utils.tiny_gpt()
+    >>> results = utils.test_fine_tuning(model, config, use_amp=True, max_steps=50)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from utils.models import ModelConfig, tiny_encoder, tiny_gpt
+
+__version__ = "3.3.0"
+
+# Public name -> module that defines it, imported on first use to keep `import utils` light.
+_LAZY = {
+    "test_fine_tuning": "utils.tier3_training_utilities",
+    "test_amp_speedup_benchmark": "utils.training.amp_benchmark",
+    "MetricsTracker": "utils.training.metrics_tracker",
+    "resolve_precision": "utils.training.amp_utils",
+    "compute_effective_precision": "utils.training.amp_utils",
+    "AmpWandbCallback": "utils.training.amp_utils",
+}
+
+__all__ = ["ModelConfig", "tiny_encoder", "tiny_gpt", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'utils' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Training machinery: precision, metrics, data, optimizers, the AMP benchmark."""

@@ -1,0 +1,250 @@
+"""Mixed precision, resolved once.
+
+``resolve_precision`` turns what the user asked for (``precision``,
+``use_amp``) and the hardware into a ``PrecisionPlan``: an autocast context,
+an optional GradScaler (fp16 only) and the compute dtype. The training loop
+uses the plan and never asks again; a disabled autocast and a missing scaler
+are simply the no-op case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+# name -> (autocast dtype, needs a GradScaler). fp32 runs with autocast disabled.
+PRECISION_TABLE: dict[str, tuple[torch.dtype, bool]] = {
+    "fp32": (torch.float32, False),
+    "fp16": (torch.float16, True),
+    "bf16": (torch.bfloat16, False),
+}
+
+# bf16 tensor cores arrived with Ampere. Older GPUs (the T4 among them) answer
+# True to torch.cuda.is_bf16_supported() because they can emulate it, slowly.
+MIN_BF16_COMPUTE_CAPABILITY = (8, 0)
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How one training or inference run computes.
+
+    Attributes:
+        name: 'fp32', 'fp16' or 'bf16': what really runs.
+        device_type: 'cuda', 'cpu' or 'mps'.
+        dtype: the autocast compute dtype (float32 for fp32).
+        use_scaler: True only for fp16, which needs loss scaling.
+        reason: one line on why this precision was chosen.
+    """
+
+    name: str
+    device_type: str
+    dtype: torch.dtype
+    use_scaler: bool
+    reason: str
+
+    @property
+    def amp_enabled(self) -> bool:
+        return self.name != "fp32"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context for forward and loss (a no-op for fp32)."""
+        if not self.amp_enabled:
+            return contextlib.nullcontext()
+        return torch.amp.autocast(self.device_type, dtype=self.dtype)
+
+    def make_scaler(self, init_scale: float = 2.0**16) -> torch.amp.GradScaler | None:
+        """A fresh GradScaler for fp16, else None."""
+        if not self.use_scaler:
+            return None
+        return torch.amp.GradScaler(self.device_type, init_scale=init_scale)
+
+
+def cuda_supports_bf16(device: torch.device | None = None) -> bool:
+    """True on GPUs with native bf16 (compute capability 8.0 or higher)."""
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= MIN_BF16_COMPUTE_CAPABILITY
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 instructions (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def validate_precision_args(precision: str, use_amp: bool | None) -> None:
+    """Reject bad values and contradictions before any work starts."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}")
+    if use_amp is not None and not isinstance(use_amp, bool):
+        raise TypeError(f"use_amp must be True, False or None, got {use_amp!r}")
+    if use_amp is True and precision == "fp32":
+        raise ValueError(
+            "use_amp=True contradicts precision='fp32'; drop one of them "
+            "(precision='auto' with use_amp=True picks bf16 or fp16 for you)"
+        )
+
+
+def resolve_precision(
+    precision: str = "auto", use_amp: bool | None = False, device: torch.device | str = "cpu"
+) -> PrecisionPlan:
+    """Choose the precision for ``device``.
+
+    ``precision='auto'`` follows ``use_amp``: off means fp32; on means bf16
+    on GPUs with native bf16 (compute capability 8.0+), fp16 with a
+    GradScaler on older GPUs, and bf16 on CPUs with native bf16 (otherwise
+    a warning and fp32). An explicit 'fp16' or 'bf16' wins over ``use_amp``;
+    'fp16' also runs on CPU (slowly) so the scaler path can be tested anywhere.
+
+    Raises:
+        ValueError: on an unknown precision, ``use_amp=True`` with 'fp32', or
+            'bf16' on a GPU that only emulates it.
+
+    Example:
+        >>> plan = resolve_precision("auto", use_amp=True, device="cuda")
+        >>> with plan.autocast():
+        ...     loss = model(x).mean()
+    """
+    validate_precision_args(precision, use_amp)
+    device = torch.device(device)
+    name, reason = _choose_precision(precision, bool(use_amp), device)
+    dtype, use_scaler = PRECISION_TABLE[name]
+    return PrecisionPlan(name, device.type, dtype, use_scaler, reason)
+
+
+def _choose_precision(precision: str, use_amp: bool, device: torch.device) -> tuple[str, str]:
+    if precision == "fp32" or (precision == "auto" and not use_amp):
+        return "fp32", "full precision requested"
+    if precision == "fp16":
+        return "fp16", "fp16 requested; loss scaling with GradScaler"
+    native_bf16 = _native_bf16(device)
+    if precision == "bf16":
+        if device.type == "cuda" and not native_bf16:
+            raise ValueError(
+                f"precision='bf16' needs a GPU with compute capability >= 8.0 "
+                f"(found {torch.cuda.get_device_name(device)}, which only emulates bf16); "
+                "use precision='fp16' or precision='auto'"
+            )
+        if not native_bf16:
+            warnings.warn(f"{device.type} has no native bf16: bf16 autocast will be emulated and slow", stacklevel=3)
+        return "bf16", "bf16 requested"
+    # precision == 'auto' with AMP on
+    if native_bf16:
+        return "bf16", f"AMP on {device.type} with native bf16"
+    if device.type == "cuda":
+        return "fp16", "AMP on a GPU without native bf16: fp16 with GradScaler"
+    warnings.warn(
+        f"use_amp=True, but this {device.type} has no native bf16 support; training in FP32. "
+        "Pass precision='fp16' to force the (slow) fp16 path.",
+        stacklevel=3,
+    )
+    return "fp32", f"AMP requested, but this {device.type} has no native bf16"
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return cuda_supports_bf16(device)
+    if device.type == "cpu":
+        return cpu_supports_bf16()
+    return False
+
+
+def compute_effective_precision(
+    requested_precision: str, use_amp: bool | None, cuda_available: bool, use_gpu: bool
+) -> str:
+    """The Lightning-style precision string a run really gets.
+
+    Truth table:
+        use_amp is None                        -> requested_precision, unchanged
+        use_amp and cuda_available and use_gpu -> '16'
+        otherwise                              -> '32'
+    """
+    if use_amp is None:
+        return requested_precision
+    return "16" if use_amp and cuda_available and use_gpu else "32"
+
+
+class AmpWandbCallback:
+    """Logs ``amp/enabled``, ``amp/precision`` and ``amp/loss_scale`` to W&B.
+
+    Use it in ``test_fine_tuning(..., callbacks=[AmpWandbCallback()])``, or,
+    with Lightning installed, ``Trainer(callbacks=[AmpWandbCallback.for_lightning()])``.
+    Errors are never swallowed: no active W&B run raises at train start, and a
+    failing ``wandb.log`` propagates.
+    """
+
+    def __init__(self, log_every: int = 1) -> None:
+        if not isinstance(log_every, int) or log_every < 1:
+            raise ValueError(f"log_every must be a positive int, got {log_every!r}")
+        self.log_every = log_every
+
+    # -- test_fine_tuning hooks ------------------------------------------------
+    def on_train_begin(self, state: Any) -> None:
+        self._wandb_run()
+
+    def on_log(self, state: Any, row: dict[str, Any]) -> None:
+        """Called by the training loop at each ``log_every`` boundary with the metrics row."""
+        if state.optimizer_step % self.log_every:
+            return
+        self._log(
+            {
+                "amp/enabled": state.plan.amp_enabled,
+                "amp/precision": state.plan.name,
+                "amp/loss_scale": row.get("amp/loss_scale"),
+            }
+        )
+
+    # -- Lightning hooks -------------------------------------------------------
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._wandb_run()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx % self.log_every:
+            return
+        precision = str(getattr(trainer, "precision", "32"))
+        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+        self._log(
+            {
+                "amp/enabled": not precision.startswith("32"),
+                "amp/precision": precision,
+                # get_scale() syncs; it runs only every log_every batches.
+                "amp/loss_scale": scaler.get_scale() if scaler is not None else None,
+            }
+        )
+
+    @classmethod
+    def for_lightning(cls, log_every: int = 1) -> AmpWandbCallback:
+        """An instance that is also a Lightning ``Callback`` (needs lightning installed)."""
+        try:
+            from lightning.pytorch import Callback
+        except ImportError:
+            try:
+                from pytorch_lightning import Callback
+            except ImportError as err:
+                raise ImportError(
+                    "AmpWandbCallback.for_lightning needs Lightning: pip install lightning"
+                ) from err
+        lightning_cls = type("LightningAmpWandbCallback", (cls, Callback), {})
+        return lightning_cls(log_every=log_every)
+
+    @staticmethod
+    def _wandb_run() -> Any:
+        import wandb
+
+        if wandb.run is None:
+            raise RuntimeError(
+                "AmpWandbCallback needs an active W&B run: call utils.wandb_helpers.initialize_wandb_run() "
+                "first or pass use_wandb=True to test_fine_tuning"
+            )
+        return wandb.run
+
+    def _log(self, values: dict[str, Any]) -> None:
+        self._wandb_run().log({k: v for k, v in values.items() if v is not None})

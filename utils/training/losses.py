@@ -1,0 +1,38 @@
+"""Next-token loss and accuracy, computed as device-side sums so the loop never syncs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from utils.training.data import IGNORE_INDEX
+
+
+def next_token_loss_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and correct-prediction count for next-token targets.
+
+    Position t predicts token t+1; targets equal to ``IGNORE_INDEX`` (padding)
+    count for neither. Both results stay on the device: divide by the number
+    of targets, counted on the host, to get means.
+
+    Args:
+        logits: (B, T, V) model outputs.
+        labels: (B, T) token ids with padding set to ``IGNORE_INDEX``.
+
+    Returns:
+        (loss_sum, n_correct): a float32 scalar with grad, and an int64 scalar.
+    """
+    if logits.ndim != 3 or logits.shape[:2] != labels.shape:
+        raise ValueError(
+            f"expected logits of shape (batch, seq, vocab) matching labels {tuple(labels.shape)}, "
+            f"got {tuple(logits.shape)}; the model must return per-token vocabulary logits"
+        )
+    logits = logits[:, :-1]  # (B, T-1, V)
+    targets = labels[:, 1:]  # (B, T-1)
+    # Cross-entropy in float32: under autocast the logits may be bf16/fp16.
+    loss_sum = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    with torch.no_grad():
+        n_correct = ((logits.argmax(dim=-1) == targets) & (targets != IGNORE_INDEX)).sum()
+    return loss_sum, n_correct

@@ -49,9 +49,14 @@ def require_config_values(config: Any, names: tuple[str, ...], purpose: str) -> 
     values = {name: get_config_value(config, name) for name in names}
     missing = [name for name, value in values.items() if value is None]
     if missing:
-        hints = ", ".join(f"{n} (or {'/'.join(CONFIG_ALIASES.get(n, (n,))[1:]) or n})" for n in missing)
+        hints = ", ".join(_field_with_aliases(n) for n in missing)
         raise ValueError(f"config is missing {hints}, needed for {purpose}; add it to your config")
     return values
+
+
+def _field_with_aliases(name: str) -> str:
+    aliases = CONFIG_ALIASES.get(name, (name,))[1:]
+    return f"{name} (or {'/'.join(aliases)})" if aliases else name
 
 
 def validate_model(model: Any) -> nn.Module:
@@ -110,7 +115,7 @@ def make_forward_fn(model: nn.Module) -> ForwardFn:
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
         kwargs = {"attention_mask": attention_mask} if accepts_mask and attention_mask is not None else {}
-        if keyword and not positional:
+        if not positional and (keyword or takes_var_kwargs):
             return model(input_ids=input_ids, **kwargs)
         return model(input_ids, **kwargs)
 

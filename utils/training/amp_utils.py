@@ -182,7 +182,7 @@ class AmpWandbCallback:
     """
 
     def __init__(self, log_every: int = 1) -> None:
-        if not isinstance(log_every, int) or log_every < 1:
+        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every must be a positive int, got {log_every!r}")
         self.log_every = log_every
 

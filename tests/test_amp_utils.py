@@ -1,0 +1,330 @@
+"""Tests for utils.training.amp_utils: precision resolution and the AMP W&B callback.
+
+CUDA paths run on CPU by patching torch.cuda's capability checks; plans built
+that way are only inspected, never used for autocast or a scaler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from utils.training import amp_utils
+from utils.training.amp_utils import (
+    AmpWandbCallback,
+    PrecisionPlan,
+    compute_effective_precision,
+    resolve_precision,
+)
+
+
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Set whether this 'CPU' has native bf16."""
+
+    def set_support(supported: bool) -> None:
+        monkeypatch.setattr(amp_utils, "cpu_supports_bf16", lambda: supported)
+
+    return set_support
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Pretend a CUDA GPU with the given compute capability is present."""
+
+    def install(capability: tuple[int, int], name: str = "Fake GPU") -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+        # Pre-Ampere GPUs answer True here because they can emulate bf16; it must not be trusted.
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+
+    return install
+
+
+# -- resolve_precision on CPU ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_amp", [False, None])
+def test_auto_without_amp_is_fp32(use_amp):
+    plan = resolve_precision("auto", use_amp=use_amp, device="cpu")
+    assert (plan.name, plan.dtype, plan.use_scaler, plan.amp_enabled) == ("fp32", torch.float32, False, False)
+    assert plan.make_scaler() is None
+    assert isinstance(plan.autocast(), contextlib.nullcontext)
+
+
+def test_explicit_fp32_is_fp32():
+    plan = resolve_precision("fp32", use_amp=False)
+    assert plan.name == "fp32" and plan.make_scaler() is None
+
+
+def test_fp16_on_cpu_gets_a_cpu_grad_scaler():
+    plan = resolve_precision("fp16", use_amp=False, device="cpu")
+    assert (plan.name, plan.device_type, plan.dtype, plan.use_scaler) == ("fp16", "cpu", torch.float16, True)
+    assert plan.amp_enabled
+    scaler = plan.make_scaler(init_scale=1024.0)
+    assert isinstance(scaler, torch.amp.GradScaler)
+    assert scaler._device == "cpu"  # no public accessor for the scaler's device
+    assert scaler.is_enabled()
+    assert scaler.get_scale() == 1024.0
+    # Each call builds a fresh scaler: runs never share loss-scale state.
+    assert plan.make_scaler() is not scaler
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_gets_no_scaler(native, cpu_bf16):
+    cpu_bf16(native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = resolve_precision("bf16", use_amp=True, device="cpu")
+    assert (plan.name, plan.dtype, plan.use_scaler) == ("bf16", torch.bfloat16, False)
+    assert plan.make_scaler() is None
+    # Emulated bf16 still runs, but the user is told it will be slow.
+    assert any("no native bf16" in str(w.message) for w in caught) is (not native)
+
+
+def test_use_amp_true_with_fp32_is_a_contradiction():
+    with pytest.raises(ValueError, match=r"use_amp=True.*precision='fp32'"):
+        resolve_precision("fp32", use_amp=True)
+
+
+@pytest.mark.parametrize("precision", ["fp8", "FP16", "16-mixed", "", "float32"])
+def test_unknown_precision_raises_value_error_naming_it(precision):
+    with pytest.raises(ValueError, match=rf"precision='{precision}'"):
+        resolve_precision(precision)
+
+
+@pytest.mark.parametrize("use_amp", ["yes", 1, 0.0])
+def test_non_bool_use_amp_raises_type_error(use_amp):
+    with pytest.raises(TypeError, match="use_amp"):
+        resolve_precision("auto", use_amp=use_amp)
+
+
+def test_auto_amp_on_cpu_with_native_bf16_is_bf16(cpu_bf16):
+    cpu_bf16(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = resolve_precision("auto", use_amp=True, device="cpu")
+    assert (plan.name, plan.dtype, plan.use_scaler) == ("bf16", torch.bfloat16, False)
+
+
+def test_auto_amp_on_cpu_without_bf16_warns_and_falls_back_to_fp32(cpu_bf16):
+    cpu_bf16(False)
+    with pytest.warns(UserWarning, match="training in FP32") as record:
+        plan = resolve_precision("auto", use_amp=True, device="cpu")
+    assert plan.name == "fp32" and not plan.amp_enabled and plan.make_scaler() is None
+    # stacklevel points the warning at the caller, not at amp_utils.
+    assert record[0].filename == __file__
+
+
+def test_explicit_fp16_wins_over_use_amp_false_and_native_bf16(cpu_bf16):
+    cpu_bf16(True)
+    assert resolve_precision("fp16", use_amp=False).name == "fp16"
+    assert resolve_precision("fp16", use_amp=True).name == "fp16"
+
+
+def test_plan_records_a_reason():
+    plan = resolve_precision("fp16", use_amp=False)
+    assert isinstance(plan, PrecisionPlan)
+    assert "GradScaler" in plan.reason
+
+
+# -- resolve_precision on a patched GPU ----------------------------------------------------
+
+
+def test_auto_amp_on_t4_is_fp16_with_scaler_despite_emulated_bf16(fake_gpu):
+    fake_gpu((7, 5), "Tesla T4")
+    assert torch.cuda.is_bf16_supported() is True  # the trap: T4 says yes
+    plan = resolve_precision("auto", use_amp=True, device="cuda")
+    assert (plan.name, plan.device_type, plan.dtype, plan.use_scaler) == ("fp16", "cuda", torch.float16, True)
+
+
+@pytest.mark.parametrize("capability", [(8, 0), (8, 6), (9, 0)])
+def test_auto_amp_on_ampere_or_newer_is_bf16(capability, fake_gpu):
+    fake_gpu(capability)
+    plan = resolve_precision("auto", use_amp=True, device="cuda")
+    assert (plan.name, plan.device_type, plan.dtype, plan.use_scaler) == ("bf16", "cuda", torch.bfloat16, False)
+
+
+def test_explicit_bf16_on_t4_raises_value_error(fake_gpu):
+    fake_gpu((7, 5), "Tesla T4")
+    with pytest.raises(ValueError, match=r"compute capability >= 8\.0.*Tesla T4.*precision='fp16'"):
+        resolve_precision("bf16", use_amp=False, device="cuda")
+
+
+def test_explicit_bf16_on_a100_is_bf16_without_warning(fake_gpu):
+    fake_gpu((8, 0), "NVIDIA A100")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = resolve_precision("bf16", device="cuda:0")
+    assert plan.name == "bf16" and plan.device_type == "cuda"
+
+
+def test_auto_without_amp_on_gpu_is_fp32(fake_gpu):
+    fake_gpu((9, 0))
+    plan = resolve_precision("auto", use_amp=False, device="cuda")
+    assert plan.name == "fp32" and not plan.use_scaler
+
+
+def test_cuda_supports_bf16_is_false_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert amp_utils.cuda_supports_bf16() is False
+
+
+def test_mps_has_no_native_bf16_for_auto():
+    # No MPS needed: resolving a plan only inspects the device type.
+    with pytest.warns(UserWarning, match="mps"):
+        plan = resolve_precision("auto", use_amp=True, device="mps")
+    assert plan.name == "fp32"
+
+
+# -- autocast really changes the compute dtype on CPU ------------------------------------------
+
+
+def _matmul_dtype(plan: PrecisionPlan) -> torch.dtype:
+    a = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    b = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    with plan.autocast():
+        return (a @ b).dtype
+
+
+def test_bf16_autocast_on_cpu_produces_bfloat16(cpu_bf16):
+    cpu_bf16(True)
+    assert _matmul_dtype(resolve_precision("auto", use_amp=True)) == torch.bfloat16
+
+
+def test_fp16_autocast_on_cpu_produces_float16():
+    assert _matmul_dtype(resolve_precision("fp16")) == torch.float16
+
+
+def test_fp32_plan_produces_float32():
+    assert _matmul_dtype(resolve_precision("auto", use_amp=False)) == torch.float32
+
+
+def test_bf16_autocast_matches_fp32_within_bf16_tolerance(tiny_gpt, cpu_bf16):
+    cpu_bf16(True)
+    model, config = tiny_gpt
+    model.eval()
+    ids = torch.randint(0, config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(ids)
+        with resolve_precision("bf16").autocast():
+            low = model(ids)
+    assert low.dtype == torch.bfloat16
+    # bf16 keeps ~3 significant digits; logits here are O(0.1-1).
+    torch.testing.assert_close(low.float(), reference, atol=5e-2, rtol=5e-2)
+
+
+# -- compute_effective_precision ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("requested", ["16-mixed", "bf16", "bf16-mixed", "32", "32-true", "16"])
+@pytest.mark.parametrize(("cuda_available", "use_gpu"), [(True, True), (False, True), (True, False), (False, False)])
+def test_effective_precision_use_amp_none_returns_requested(requested, cuda_available, use_gpu):
+    assert compute_effective_precision(requested, None, cuda_available, use_gpu) == requested
+
+
+@pytest.mark.parametrize(
+    ("use_amp", "cuda_available", "use_gpu", "expected"),
+    [
+        (True, True, True, "16"),
+        (True, False, True, "32"),
+        (True, True, False, "32"),
+        (True, False, False, "32"),
+        (False, True, True, "32"),
+        (False, False, True, "32"),
+        (False, True, False, "32"),
+        (False, False, False, "32"),
+    ],
+)
+@pytest.mark.parametrize("requested", ["16-mixed", "32", "bf16"])
+def test_effective_precision_truth_table(requested, use_amp, cuda_available, use_gpu, expected):
+    assert compute_effective_precision(requested, use_amp, cuda_available, use_gpu) == expected
+
+
+# -- AmpWandbCallback ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_wandb_run():
+    wandb = pytest.importorskip("wandb")
+    if wandb.run is not None:
+        wandb.run.finish()
+    assert wandb.run is None
+    return wandb
+
+
+@pytest.mark.parametrize("log_every", [0, -1, 1.5, "2", None])
+def test_callback_rejects_bad_log_every(log_every):
+    with pytest.raises(ValueError, match="log_every"):
+        AmpWandbCallback(log_every=log_every)
+
+
+def test_callback_accepts_positive_log_every():
+    assert AmpWandbCallback(log_every=5).log_every == 5
+    assert AmpWandbCallback().log_every == 1
+
+
+def test_on_train_begin_without_run_raises(no_wandb_run):
+    with pytest.raises(RuntimeError, match="needs an active W&B run"):
+        AmpWandbCallback().on_train_begin(SimpleNamespace())
+
+
+def test_on_train_start_without_run_raises(no_wandb_run):
+    with pytest.raises(RuntimeError, match="needs an active W&B run"):
+        AmpWandbCallback().on_train_start(trainer=None, pl_module=None)
+
+
+def test_on_log_skips_steps_off_the_log_every_boundary(no_wandb_run):
+    callback = AmpWandbCallback(log_every=2)
+    state = SimpleNamespace(optimizer_step=3, plan=resolve_precision("fp16"))
+    # Off-boundary: returns without touching W&B (which would raise: there is no run).
+    callback.on_log(state, {"amp/loss_scale": 1.0})
+    state.optimizer_step = 4
+    with pytest.raises(RuntimeError, match="active W&B run"):
+        callback.on_log(state, {"amp/loss_scale": 1.0})
+
+
+def test_on_log_writes_amp_metrics_to_an_offline_run(wandb_dir, no_wandb_run):
+    wandb = no_wandb_run
+    run = wandb.init(mode="offline", dir=str(wandb_dir), project="amp-utils-test")
+    try:
+        callback = AmpWandbCallback()
+        callback.on_train_begin(SimpleNamespace())
+
+        # fp32 has no loss scale: the key is left out rather than logged as None.
+        callback.on_log(SimpleNamespace(optimizer_step=1, plan=resolve_precision("fp32")), {"train/loss": 2.0})
+        assert run.summary.get("amp/enabled") is False
+        assert run.summary.get("amp/precision") == "fp32"
+        assert "amp/loss_scale" not in run.summary.keys()
+
+        callback.on_log(
+            SimpleNamespace(optimizer_step=2, plan=resolve_precision("fp16")), {"amp/loss_scale": 1024.0}
+        )
+        assert run.summary.get("amp/enabled") is True
+        assert run.summary.get("amp/precision") == "fp16"
+        assert run.summary.get("amp/loss_scale") == 1024.0
+
+        # The Lightning hook reads precision and the scaler from the trainer.
+        trainer = SimpleNamespace(
+            precision="bf16-mixed", precision_plugin=SimpleNamespace(scaler=torch.amp.GradScaler("cpu", init_scale=8.0))
+        )
+        callback.on_train_batch_end(trainer, None, None, None, batch_idx=0)
+        assert run.summary.get("amp/precision") == "bf16-mixed"
+        assert run.summary.get("amp/enabled") is True
+        assert run.summary.get("amp/loss_scale") == 8.0
+    finally:
+        run.finish()
+    assert wandb.run is None
+
+
+def test_for_lightning_without_lightning_says_how_to_install():
+    if importlib.util.find_spec("lightning") or importlib.util.find_spec("pytorch_lightning"):
+        pytest.skip("Lightning is installed")
+    with pytest.raises(ImportError, match="pip install lightning"):
+        AmpWandbCallback.for_lightning()

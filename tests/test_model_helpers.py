@@ -1,0 +1,408 @@
+"""Tests for utils.model_helpers: config access, calling models, reading their output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from utils import model_helpers as mh
+from utils.models import ModelConfig
+
+# -- get_config_value / require_config_values -----------------------------------
+
+
+@dataclass
+class _DataclassConfig:
+    vocab_size: int = 100
+    d_model: int = 16
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        _DataclassConfig(),
+        {"vocab_size": 100, "d_model": 16},
+        SimpleNamespace(vocab_size=100, d_model=16),
+    ],
+    ids=["dataclass", "dict", "namespace"],
+)
+def test_get_config_value_reads_every_config_kind(config):
+    assert mh.get_config_value(config, "vocab_size") == 100
+    assert mh.get_config_value(config, "d_model") == 16
+    assert mh.get_config_value(config, "n_heads") is None
+    assert mh.get_config_value(config, "n_heads", default=4) == 4
+
+
+@pytest.mark.parametrize(
+    ("alias", "canonical"),
+    [
+        ("hidden_size", "d_model"),
+        ("n_embd", "d_model"),
+        ("n_positions", "max_seq_len"),
+        ("max_position_embeddings", "max_seq_len"),
+        ("block_size", "max_seq_len"),
+        ("num_hidden_layers", "n_layers"),
+        ("n_layer", "n_layers"),
+        ("num_attention_heads", "n_heads"),
+        ("n_head", "n_heads"),
+        ("n_vocab", "vocab_size"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["dict", "namespace"])
+def test_get_config_value_resolves_hf_style_aliases(alias, canonical, kind):
+    values = {alias: 7}
+    config = values if kind == "dict" else SimpleNamespace(**values)
+    assert mh.get_config_value(config, canonical) == 7
+
+
+def test_get_config_value_prefers_canonical_name_and_skips_none():
+    config = SimpleNamespace(d_model=None, hidden_size=64, n_embd=32)
+    # None means "not set": fall through to the first alias that is set.
+    assert mh.get_config_value(config, "d_model") == 64
+    assert mh.get_config_value({"d_model": 8, "hidden_size": 64}, "d_model") == 8
+
+
+def test_get_config_value_keeps_falsy_values():
+    # pad_token_id=0 is a real value, not a missing one.
+    assert mh.get_config_value({"pad_token_id": 0}, "pad_token_id", default=-1) == 0
+
+
+def test_get_config_value_on_model_config():
+    config = ModelConfig(d_model=32, n_heads=2)
+    assert mh.get_config_value(config, "d_model") == 32
+    assert mh.get_config_value(config, "max_seq_len") == config.max_seq_len
+
+
+def test_get_config_value_unknown_name_is_read_directly():
+    assert mh.get_config_value({"dropout": 0.1}, "dropout") == 0.1
+
+
+def test_require_config_values_returns_values_under_canonical_names():
+    config = {"hidden_size": 64, "n_positions": 128}
+    assert mh.require_config_values(config, ("d_model", "max_seq_len"), "the benchmark") == {
+        "d_model": 64,
+        "max_seq_len": 128,
+    }
+
+
+def test_require_config_values_lists_every_missing_field_in_one_error():
+    config = SimpleNamespace(d_model=32)
+    with pytest.raises(ValueError) as excinfo:
+        mh.require_config_values(config, ("vocab_size", "d_model", "max_seq_len", "n_heads"), "generation")
+    message = str(excinfo.value)
+    for name in ("vocab_size", "max_seq_len", "n_heads"):
+        assert name in message
+    assert "d_model" not in message
+    assert "generation" in message
+    # The hint names the aliases the user might have used instead.
+    assert "max_position_embeddings" in message
+
+
+# -- validate_model ---------------------------------------------------------------
+
+
+def test_validate_model_returns_a_module(tiny_gpt):
+    model, _ = tiny_gpt
+    assert mh.validate_model(model) is model
+
+
+@pytest.mark.parametrize("mistake", ["class", "tuple", "none"])
+def test_validate_model_rejects_non_instances(mistake, tiny_gpt):
+    model, config = tiny_gpt
+    bad = {"class": type(model), "tuple": (model, config), "none": None}[mistake]
+    with pytest.raises(TypeError, match="nn.Module"):
+        mh.validate_model(bad)
+
+
+def test_validate_model_message_mentions_tuple_mistake(tiny_gpt):
+    with pytest.raises(TypeError, match=r"got tuple.*\(model, config\)"):
+        mh.validate_model(tiny_gpt)
+
+
+# -- extract_logits -----------------------------------------------------------------
+
+
+@dataclass
+class _Output:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+_LOGITS = torch.arange(6.0).view(1, 2, 3)
+_LOSS = torch.tensor(0.5)
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        _LOGITS,
+        (_LOGITS, _LOSS),
+        (_LOGITS,),
+        [_LOGITS, _LOSS],
+        {"logits": _LOGITS, "loss": _LOSS},
+        _Output(_LOGITS, _LOSS),
+        SimpleNamespace(logits=_LOGITS),
+    ],
+    ids=["tensor", "tuple", "1-tuple", "list", "dict", "dataclass", "namespace"],
+)
+def test_extract_logits_finds_logits(output):
+    assert mh.extract_logits(output) is _LOGITS
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "logits",
+        (),
+        [],
+        {"loss": _LOSS},
+        {"logits": "not a tensor"},
+        ("text", _LOGITS),
+        None,
+        3.0,
+        SimpleNamespace(logits=None),
+    ],
+    ids=[
+        "str",
+        "empty-tuple",
+        "empty-list",
+        "dict-no-logits",
+        "dict-bad-logits",
+        "tuple-non-tensor-first",
+        "none",
+        "float",
+        "namespace-none",
+    ],
+)
+def test_extract_logits_rejects_unknown_output_with_helpful_message(output):
+    with pytest.raises(TypeError) as excinfo:
+        mh.extract_logits(output)
+    message = str(excinfo.value)
+    assert type(output).__name__ in message
+    assert "'logits' key" in message and ".logits" in message
+
+
+def test_extract_logits_on_model_output_with_attentions(tiny_gpt):
+    model, config = tiny_gpt
+    out = model(torch.ones(1, 4, dtype=torch.long), output_attentions=True)
+    assert mh.extract_logits(out).shape == (1, 4, config.vocab_size)
+
+
+# -- make_forward_fn -------------------------------------------------------------------
+
+
+class _Recorder(nn.Module):
+    """Base for toy models that record how they were called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict] = []
+
+    def _record(self, input_ids, **kwargs):
+        self.calls.append({"input_ids": input_ids, **kwargs})
+        return input_ids.float().unsqueeze(-1)
+
+
+class _InputIds(_Recorder):
+    def forward(self, input_ids):
+        return self._record(input_ids)
+
+
+class _PositionalX(_Recorder):
+    def forward(self, x):
+        return self._record(x)
+
+
+class _KeywordOnly(_Recorder):
+    def forward(self, *, input_ids):
+        return self._record(input_ids)
+
+
+class _WithMask(_Recorder):
+    def forward(self, input_ids, attention_mask=None):
+        return self._record(input_ids, attention_mask=attention_mask)
+
+
+class _VarKwargs(_Recorder):
+    def forward(self, **kwargs):
+        return self._record(kwargs.pop("input_ids"), **kwargs)
+
+
+_IDS = torch.tensor([[1, 2, 3]])
+_MASK = torch.tensor([[1, 1, 0]])
+
+
+@pytest.mark.parametrize("model_cls", [_InputIds, _PositionalX, _KeywordOnly, _WithMask, _VarKwargs])
+def test_make_forward_fn_calls_every_signature(model_cls):
+    model = model_cls()
+    out = mh.make_forward_fn(model)(_IDS)
+    assert torch.equal(out, _IDS.float().unsqueeze(-1))
+    assert len(model.calls) == 1 and model.calls[0]["input_ids"] is _IDS
+
+
+@pytest.mark.parametrize("model_cls", [_WithMask, _VarKwargs])
+def test_make_forward_fn_passes_mask_when_given_and_accepted(model_cls):
+    model = model_cls()
+    forward = mh.make_forward_fn(model)
+    forward(_IDS, _MASK)
+    assert model.calls[-1]["attention_mask"] is _MASK
+
+
+def test_make_forward_fn_omits_mask_when_not_given():
+    model = _WithMask()
+    mh.make_forward_fn(model)(_IDS)
+    mh.make_forward_fn(model)(_IDS, None)
+    assert all(call["attention_mask"] is None for call in model.calls)
+
+
+def test_make_forward_fn_var_kwargs_gets_no_mask_key_when_not_given():
+    model = _VarKwargs()
+    mh.make_forward_fn(model)(_IDS)
+    assert "attention_mask" not in model.calls[-1]
+
+
+@pytest.mark.parametrize("model_cls", [_InputIds, _PositionalX, _KeywordOnly])
+def test_make_forward_fn_drops_mask_the_model_cannot_take(model_cls):
+    model = model_cls()
+    # Passing the mask to these would raise TypeError; it is dropped instead.
+    mh.make_forward_fn(model)(_IDS, _MASK)
+    assert set(model.calls[-1]) == {"input_ids"}
+
+
+def test_make_forward_fn_on_tiny_model_uses_mask(tiny_encoder):
+    model, config = tiny_encoder
+    model.eval()
+    ids = torch.randint(1, config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0]])
+    forward = mh.make_forward_fn(model)
+    with torch.no_grad():
+        torch.testing.assert_close(forward(ids), model(ids), atol=0, rtol=0)
+        torch.testing.assert_close(forward(ids, mask), model(ids, attention_mask=mask), atol=0, rtol=0)
+
+
+# -- detect_vocab_size ------------------------------------------------------------------
+
+
+class _PosFirstLM(nn.Module):
+    """A toy LM whose *first* embedding is a position embedding of a different size."""
+
+    def __init__(self, vocab_size: int = 50, max_len: int = 16, width: int = 8) -> None:
+        super().__init__()
+        self.pos = nn.Embedding(max_len, width)
+        self.tok = nn.Embedding(vocab_size, width)
+        self.head = nn.Linear(width, vocab_size)
+
+    def forward(self, input_ids):
+        T = input_ids.shape[1]
+        return self.head(self.tok(input_ids) + self.pos(torch.arange(T)))
+
+
+def test_detect_vocab_size_prefers_config():
+    class _Exploding(nn.Module):
+        def forward(self, input_ids):
+            raise AssertionError("the model must not be called when the config has vocab_size")
+
+    assert mh.detect_vocab_size(_Exploding(), {"vocab_size": 123}) == 123
+    assert mh.detect_vocab_size(_Exploding(), SimpleNamespace(n_vocab=77)) == 77
+
+
+def test_detect_vocab_size_uses_output_width_not_first_embedding():
+    model = _PosFirstLM(vocab_size=50, max_len=16)
+    assert next(m for m in model.modules() if isinstance(m, nn.Embedding)).num_embeddings == 16
+    assert mh.detect_vocab_size(model, {}) == 50
+    assert mh.detect_vocab_size(model, None) == 50
+    assert mh.detect_vocab_size(model, SimpleNamespace(vocab_size=None)) == 50
+
+
+def test_detect_vocab_size_restores_training_mode():
+    model = _PosFirstLM()
+    model.train()
+    mh.detect_vocab_size(model, {})
+    assert model.training
+    model.eval()
+    mh.detect_vocab_size(model, {})
+    assert not model.training
+
+
+def test_detect_vocab_size_rejects_non_sequence_output():
+    class _Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+
+        def forward(self, input_ids):
+            return self.emb(input_ids).mean(1)  # (B, C)
+
+    with pytest.raises(ValueError, match="vocab_size"):
+        mh.detect_vocab_size(_Pooled(), {})
+
+
+def test_detect_vocab_size_on_tiny_gpt(tiny_gpt):
+    model, config = tiny_gpt
+    assert mh.detect_vocab_size(model, {}) == config.vocab_size
+
+
+# -- count_parameters --------------------------------------------------------------------
+
+
+def test_count_parameters_counts_tied_weights_once(tiny_gpt):
+    model, config = tiny_gpt
+    # state_dict lists the tied tensor under both tok_emb.weight and lm_head.weight.
+    with_duplicates = sum(t.numel() for t in model.state_dict().values())
+    counts = mh.count_parameters(model)
+    assert counts["total"] == with_duplicates - config.vocab_size * config.d_model
+    assert counts["trainable"] == counts["total"]
+
+
+def test_count_parameters_separates_trainable():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))  # 16 + 10 parameters
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    assert mh.count_parameters(model) == {"total": 26, "trainable": 10}
+
+
+# -- devices -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize("device", ["auto", None])
+def test_resolve_device_auto_is_cpu_without_cuda(device, no_cuda):
+    assert mh.resolve_device(device) == torch.device("cpu")
+
+
+def test_resolve_device_auto_is_cuda_when_available(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert mh.resolve_device("auto") == torch.device("cuda")
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu")])
+def test_resolve_device_accepts_cpu(device):
+    assert mh.resolve_device(device) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_resolve_device_cuda_without_cuda_names_device(device, no_cuda):
+    with pytest.raises(ValueError, match=rf"device='{device}'.*CUDA is not available"):
+        mh.resolve_device(device)
+
+
+@pytest.mark.parametrize("device", ["gpu", "not-a-device"])
+def test_resolve_device_bad_string_raises_value_error(device):
+    with pytest.raises(ValueError, match=rf"device='{device}' is not a device name"):
+        mh.resolve_device(device)
+
+
+def test_model_device_of_parameter_free_model_is_cpu():
+    assert mh.model_device(nn.ReLU()) == torch.device("cpu")
+
+
+def test_device_name_on_cpu():
+    assert mh.device_name(torch.device("cpu")) == "cpu"

@@ -1,0 +1,3 @@
+from utils.cli import main
+
+raise SystemExit(main())

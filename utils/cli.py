@@ -22,8 +22,9 @@ from typing import Any
 import torch.nn as nn
 
 from utils import __version__, report
-from utils.model_helpers import detect_vocab_size, get_config_value
+from utils.model_helpers import detect_vocab_size, resolve_device
 from utils.models import tiny_gpt
+from utils.training.amp_utils import resolve_precision
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = _profile_from_args(args)
         out = args.out or Path("reports") / time.strftime("run-%Y%m%d-%H%M%S")
         report.check_report_folder(out, args.overwrite)
+        device = resolve_device(args.device)
+        resolve_precision(args.precision, use_amp=args.precision == "auto", device=device)
         model, config, label = load_model(args.model, args.seq_len)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         parser.error(str(err))
@@ -102,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _profile_from_args(args: argparse.Namespace) -> RunProfile:
     profile = QUICK if args.quick else FULL
-    overrides = {"n_epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
-                 "learning_rate": args.lr}  # fmt: skip
-    for flag, value in overrides.items():
+    flags = {"n_epochs": ("--epochs", args.epochs), "max_steps": ("--max-steps", args.max_steps),
+             "batch_size": ("--batch-size", args.batch_size), "learning_rate": ("--lr", args.lr)}  # fmt: skip
+    for flag, value in flags.values():
         if value is not None and not value > 0:
-            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    return dataclasses.replace(profile, **{k: v for k, v in overrides.items() if v is not None})
+            raise ValueError(f"{flag} must be positive, got {value}")
+    return dataclasses.replace(profile, **{field: v for field, (_, v) in flags.items() if v is not None})
 
 
 def load_model(spec: str | None, seq_len: int | None = None) -> tuple[nn.Module, Any, str]:

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from utils.model_helpers import (
     count_parameters,
+    detect_vocab_size,
     extract_logits,
     get_config_value,
     make_forward_fn,
@@ -289,14 +290,14 @@ def _setup_training_environment(
     """Resolve device and precision, build data, optimizer and schedule, and probe the model once."""
     device = resolve_device(device)
     plan = resolve_precision(precision, use_amp, device)
-    vocab_size, seq_len, pad_id = _read_model_sizes(config, settings)
+    model.to(device)
+    vocab_size, seq_len, pad_id = _read_model_sizes(model, config, settings)
     data = prepare_lm_data(
         train_data, val_data, vocab_size=vocab_size, seq_len=seq_len, max_corpus_bytes=settings.max_corpus_bytes
     )
     loader_args = dict(pad_token_id=pad_id, vocab_size=vocab_size, pin_memory=device.type == "cuda")
     train_loader = make_loader(data.train, settings.batch_size, shuffle=True, seed=settings.seed, **loader_args)
     val_loader = make_loader(data.val, settings.batch_size, shuffle=False, seed=settings.seed, **loader_args)
-    model.to(device)
     forward = make_forward_fn(model)
     _probe_model(forward, model, next(iter(val_loader)), device, vocab_size)
 
@@ -323,10 +324,8 @@ def _setup_training_environment(
     return env
 
 
-def _read_model_sizes(config: Any, settings: TrainingSettings) -> tuple[int, int, int]:
-    vocab_size = get_config_value(config, "vocab_size")
-    if vocab_size is None:
-        raise ValueError("config has no vocab_size (or n_vocab); add it so the data and loss can be checked")
+def _read_model_sizes(model: nn.Module, config: Any, settings: TrainingSettings) -> tuple[int, int, int]:
+    """Vocabulary (config, else the output width), sequence length and padding id."""
     max_seq_len = get_config_value(config, "max_seq_len")
     seq_len = settings.seq_len or max_seq_len
     if seq_len is None:
@@ -335,7 +334,8 @@ def _read_model_sizes(config: Any, settings: TrainingSettings) -> tuple[int, int
         raise ValueError(f"seq_len={seq_len} exceeds config max_seq_len={max_seq_len}; pass seq_len<={max_seq_len}")
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2 for next-token training, got {seq_len}")
-    return int(vocab_size), int(seq_len), int(get_config_value(config, "pad_token_id", 0) or 0)
+    vocab_size = detect_vocab_size(model, config, seq_len=min(8, int(seq_len)))
+    return vocab_size, int(seq_len), int(get_config_value(config, "pad_token_id", 0) or 0)
 
 
 def _probe_model(forward: Any, model: nn.Module, batch: dict, device: torch.device, vocab_size: int) -> None:

@@ -82,6 +82,7 @@ def _library_modules() -> list:
     names = sorted(
         info.name
         for info in pkgutil.walk_packages(utils.__path__, prefix="utils.", onerror=lambda name: None)
+        if info.name != "utils.__main__"  # importing it runs the main job
     )
     return [importlib.import_module(name) for name in names]
 

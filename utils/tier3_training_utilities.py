@@ -295,7 +295,7 @@ def _setup_training_environment(
     data = prepare_lm_data(
         train_data, val_data, vocab_size=vocab_size, seq_len=seq_len, max_corpus_bytes=settings.max_corpus_bytes
     )
-    loader_args = dict(pad_token_id=pad_id, vocab_size=vocab_size, pin_memory=device.type == "cuda")
+    loader_args = dict(pad_token_id=pad_id, vocab_size=vocab_size, max_len=seq_len, pin_memory=device.type == "cuda")
     train_loader = make_loader(data.train, settings.batch_size, shuffle=True, seed=settings.seed, **loader_args)
     val_loader = make_loader(data.val, settings.batch_size, shuffle=False, seed=settings.seed, **loader_args)
     forward = make_forward_fn(model)

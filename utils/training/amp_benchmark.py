@@ -94,7 +94,7 @@ def test_amp_speedup_benchmark(
             f"max_steps={max_steps} leaves no timed steps after timing_warmup_steps={timing_warmup_steps}; "
             "raise max_steps or lower timing_warmup_steps"
         )
-    for reserved in ("precision", "use_amp", "val_data", "callbacks"):
+    for reserved in ("use_amp", "val_data", "callbacks"):
         if reserved in fine_tuning_options:
             raise TypeError(f"test_amp_speedup_benchmark does not take {reserved}=; it sets it for each arm")
     device = resolve_device(device)

@@ -155,6 +155,13 @@ def prepare_lm_data(
 
 
 def _as_dataset(data: Any, arg: str, vocab_size: int, seq_len: int) -> Dataset:
+    dataset = _build_dataset(data, arg, vocab_size, seq_len)
+    if len(dataset) == 0:
+        raise ValueError(f"{arg} holds no sequences; pass at least one non-empty sequence")
+    return dataset
+
+
+def _build_dataset(data: Any, arg: str, vocab_size: int, seq_len: int) -> Dataset:
     if isinstance(data, Dataset):
         return data
     if isinstance(data, (str, os.PathLike)):
@@ -236,7 +243,9 @@ def _split_dataset(dataset: Dataset, val_fraction: float) -> tuple[Dataset, Data
     return torch.utils.data.Subset(dataset, indices[:-n_val]), torch.utils.data.Subset(dataset, indices[-n_val:])
 
 
-def collate_lm_batch(items: list[Any], pad_token_id: int, vocab_size: int | None = None) -> dict[str, Any]:
+def collate_lm_batch(
+    items: list[Any], pad_token_id: int, vocab_size: int | None = None, max_len: int | None = None
+) -> dict[str, Any]:
     """Pad a list of id sequences into a batch.
 
     Returns a dict with ``input_ids`` (B, T), ``labels`` (B, T) with padding
@@ -246,6 +255,11 @@ def collate_lm_batch(items: list[Any], pad_token_id: int, vocab_size: int | None
     """
     seqs = [_item_ids(item) for item in items]
     T = max(s.numel() for s in seqs)
+    if max_len is not None and T > max_len:
+        raise ValueError(
+            f"a data item has {T} tokens, more than seq_len={max_len}; shorten your dataset's items "
+            "or pass a larger seq_len (up to the model's max_seq_len)"
+        )
     input_ids = torch.full((len(seqs), T), pad_token_id, dtype=torch.long)
     labels = torch.full((len(seqs), T), IGNORE_INDEX, dtype=torch.long)
     for row, s in enumerate(seqs):
@@ -284,15 +298,19 @@ def make_loader(
     seed: int,
     pad_token_id: int,
     vocab_size: int | None = None,
+    max_len: int | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader whose order depends only on ``seed`` (single process, seeded generator)."""
+    """A DataLoader whose order depends only on ``seed`` (single process, seeded generator).
+
+    Items longer than ``max_len`` are an error, never silently cut.
+    """
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
-        collate_fn=lambda items: collate_lm_batch(items, pad_token_id, vocab_size),
+        collate_fn=lambda items: collate_lm_batch(items, pad_token_id, vocab_size, max_len),
         pin_memory=pin_memory,
     )

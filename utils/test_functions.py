@@ -1,0 +1,197 @@
+"""One import for every check, and runners that return a summary table.
+
+``run_all_tier1_tests``, ``run_all_tier2_tests`` and ``run_all_tests`` run
+their checks one after another and return a summary DataFrame with the
+columns ``test``, ``status`` ('pass', 'warn', 'fail' or 'error'),
+``key_figure`` and ``time_s``. An exception inside one check becomes an
+'error' row carrying the message, and the other checks still run.
+
+The detailed result of each check (its tables and figures) is in
+``summary.attrs['results']``, a dict keyed by test name; for an 'error' row
+it holds ``{'status': 'error', 'error': ..., 'traceback': ...}``.
+
+Tier 3 (``test_fine_tuning``, ``test_amp_speedup_benchmark``) is imported
+on first use, so this module stays light.
+
+Example:
+    >>> from utils import test_functions as tf
+    >>> summary = tf.run_all_tier1_tests(model, config)
+    >>> summary
+    >>> summary.attrs["results"]["test_gradient_flow"]["figure"]
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch.nn as nn
+
+from utils.model_helpers import require_config_values, validate_model
+from utils.tier1_critical_validation import (
+    probe_model,
+    test_gradient_flow,
+    test_inference_speed,
+    test_memory_footprint,
+    test_output_stability,
+    test_parameter_initialization,
+    test_shape_robustness,
+)
+from utils.tier2_advanced_analysis import test_attention_patterns, test_attribution_analysis, test_robustness
+
+SUMMARY_COLUMNS = ("test", "status", "key_figure", "time_s")
+STATUSES = ("pass", "warn", "fail", "error")
+
+TIER1_TESTS: tuple[Callable[..., dict], ...] = (
+    test_shape_robustness,
+    test_gradient_flow,
+    test_output_stability,
+    test_parameter_initialization,
+    test_memory_footprint,
+    test_inference_speed,
+)
+TIER2_TESTS: tuple[Callable[..., dict], ...] = (test_attention_patterns, test_attribution_analysis, test_robustness)
+
+# Tier 3 name -> module, imported on first use (the lead's modules may not exist yet).
+_LAZY = {
+    "test_fine_tuning": "utils.tier3_training_utilities",
+    "test_amp_speedup_benchmark": "utils.training.amp_benchmark",
+}
+
+
+class CheckResults(dict):
+    """Per-check details. pandas deep-copies ``attrs`` on every operation; this shares instead."""
+
+    def __deepcopy__(self, memo: dict) -> CheckResults:
+        return self
+
+
+def run_all_tier1_tests(
+    model: nn.Module, config: Any, *, options: Mapping[str, Mapping[str, Any]] | None = None, progress: bool = True
+) -> Any:
+    """Run every Tier 1 check and return the summary DataFrame (details in ``.attrs['results']``).
+
+    Args:
+        model: the model to check.
+        config: its config; needs ``vocab_size`` and ``max_seq_len``.
+        options: keyword arguments per check, e.g.
+            ``{'test_inference_speed': {'n_iters': 5}}``.
+        progress: show a progress bar over the checks.
+
+    Returns:
+        DataFrame with columns test, status, key_figure, time_s.
+
+    Raises:
+        TypeError, ValueError, RuntimeError: bad model, config or options, before any check runs.
+    """
+    return run_checks(model, config, TIER1_TESTS, options=options, progress=progress, desc="Tier 1")
+
+
+def run_all_tier2_tests(
+    model: nn.Module, config: Any, *, options: Mapping[str, Mapping[str, Any]] | None = None, progress: bool = True
+) -> Any:
+    """Run every Tier 2 check; same arguments and result as ``run_all_tier1_tests``."""
+    return run_checks(model, config, TIER2_TESTS, options=options, progress=progress, desc="Tier 2")
+
+
+def run_all_tests(
+    model: nn.Module, config: Any, *, options: Mapping[str, Mapping[str, Any]] | None = None, progress: bool = True
+) -> Any:
+    """Run Tier 1 and Tier 2 (not the Tier 3 training run) in one table.
+
+    Same arguments and result as ``run_all_tier1_tests``. Train with
+    ``test_fine_tuning`` separately: it needs data and takes much longer.
+    """
+    return run_checks(model, config, TIER1_TESTS + TIER2_TESTS, options=options, progress=progress, desc="Tier 1+2")
+
+
+def run_checks(
+    model: nn.Module,
+    config: Any,
+    checks: tuple[Callable[..., dict], ...],
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: bool = True,
+    desc: str = "checks",
+) -> Any:
+    """Run ``checks`` in order, one summary row each, never stopping at a failing one."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    options = _check_options(options, checks)
+    validate_model(model)
+    require_config_values(config, ("vocab_size", "max_seq_len"), "the Tier 1/2 checks")
+    probe_model(model, config, desc)  # an unusable output fails here, before any check
+    rows, details = [], CheckResults()
+    bar = tqdm(checks, desc=desc, disable=not progress)
+    for check in bar:
+        bar.set_postfix_str(check.__name__)
+        row, details[check.__name__] = _run_one(check, model, config, options.get(check.__name__, {}))
+        rows.append(row)
+    summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    summary.attrs["results"] = details
+    return summary
+
+
+def _check_options(options: Mapping[str, Mapping[str, Any]] | None, checks: tuple[Callable, ...]) -> dict:
+    options = dict(options or {})
+    names = [check.__name__ for check in checks]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ValueError(f"options has unknown test name(s) {unknown}; valid names are {names}")
+    for name, kwargs in options.items():
+        if not isinstance(kwargs, Mapping):
+            raise TypeError(f"options[{name!r}] must be a dict of keyword arguments, got {type(kwargs).__name__}")
+    return options
+
+
+def _run_one(check: Callable[..., dict], model: nn.Module, config: Any, kwargs: Mapping[str, Any]) -> tuple[dict, Any]:
+    """One summary row and the detailed result; an exception becomes an 'error' row."""
+    if "progress" in inspect.signature(check).parameters:
+        kwargs = {"progress": False, **kwargs}  # the runner's bar is enough
+    start = time.perf_counter()
+    try:
+        result = check(model, config, **kwargs)
+        status = result.get("status", "error") if isinstance(result, Mapping) else "error"
+        key_figure = (
+            result.get("summary", "") if isinstance(result, Mapping) else f"unexpected result {type(result).__name__}"
+        )
+    except Exception as err:  # one broken check must not hide the others
+        status, key_figure = "error", f"{type(err).__name__}: {err}"
+        result = {"status": "error", "error": key_figure, "traceback": traceback.format_exc()}
+    if status not in STATUSES:
+        status, key_figure = "error", f"check returned status {status!r}: {key_figure}"
+    row = {"test": check.__name__, "status": status, "key_figure": key_figure, "time_s": time.perf_counter() - start}
+    return row, result
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'utils.test_functions' has no attribute {name!r}")
+
+
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "run_all_tests",
+    "run_all_tier1_tests",
+    "run_all_tier2_tests",
+    "run_checks",
+    "test_attention_patterns",
+    "test_attribution_analysis",
+    "test_gradient_flow",
+    "test_inference_speed",
+    "test_memory_footprint",
+    "test_output_stability",
+    "test_parameter_initialization",
+    "test_robustness",
+    "test_shape_robustness",
+]  # test_fine_tuning and test_amp_speedup_benchmark resolve lazily, so `import *` never fails on them
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -95,8 +95,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--corpus-bytes", type=int, default=400_000)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (fewer threads, less noise)")
     parser.add_argument("--out", type=Path, default=Path("loop_overhead.json"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     model, config = tiny_gpt(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
@@ -121,6 +124,7 @@ def main() -> None:
         "precision": plan.name,
         "model": f"tiny_gpt d_model={args.d_model} n_layers={args.n_layers} seq_len={args.seq_len}",
         "batch_size": args.batch_size,
+        "cpu_threads": torch.get_num_threads(),
         "steps_per_run": args.steps,
         "warmup_steps": args.warmup,
         "bare_step_ms": 1000 * statistics.median(r["bare"] for r in rounds),

@@ -45,7 +45,10 @@ def test_main_job_end_to_end_writes_the_report(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = {p.name for p in out.iterdir()}
     assert {"training_curves.png", "amp_benchmark.png", "metrics.csv", "steps.csv", "results.json", "summary.md"} <= names
+    assert {"tier1.csv", "tier2.csv", "tier1_test_gradient_flow.png", "tier2_test_attention_patterns.png"} <= names
+    assert "tier1_test_memory_footprint.csv" in names  # each check's own table, not only the summary
     results = json.loads((out / "results.json").read_text())
+    assert {row["status"] for row in results["tier1"] + results["tier2"]} <= {"pass", "warn"}
     fine = results["fine_tuning"]
     assert fine["optimizer_steps"] == 30
     assert fine["final_loss"] < fine["initial_loss"]

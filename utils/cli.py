@@ -239,11 +239,13 @@ def _run_tiers(model: nn.Module, config: Any, args: argparse.Namespace) -> dict[
     for tier, run in (("tier1", test_functions.run_all_tier1_tests), ("tier2", test_functions.run_all_tier2_tests)):
         table = run(model, config)
         details = table.attrs.get("results", {})
-        figures = {f"{tier}_{name}": d["figure"] for name, d in details.items() if isinstance(d, dict) and d.get("figure") is not None}
+        checks = {name: d for name, d in details.items() if isinstance(d, dict)}
+        figures = {f"{tier}_{name}": d["figure"] for name, d in checks.items() if d.get("figure") is not None}
+        tables = {f"{tier}_{name}": d["table"] for name, d in checks.items() if d.get("table") is not None}
         sections[tier] = {
-            "results": table.drop(columns=[c for c in table.columns if c == "details"]).to_dict("records"),
+            "results": table.to_dict("records"),
             "figures": figures,
-            "tables": {tier: table},
+            "tables": {tier: table, **tables},
             "summary": [(row["test"], f"{row['status']}: {row.get('key_figure', '')}") for row in table.to_dict("records")],
         }
     return sections

@@ -15,7 +15,7 @@ import torch
 
 from utils import models
 
-TINY = dict(d_model=32, n_layers=2, n_heads=2, max_seq_len=32)
+from tiny_models import TINY  # noqa: E402  (tests/ is on sys.path in pytest's prepend mode)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -46,3 +46,28 @@ def wandb_dir(tmp_path, monkeypatch):
     """A private folder for offline W&B runs."""
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """One intra-op thread for a whole test module, restored after it.
+
+    Tiny models gain nothing from intra-op threads, and on a shared CPU two spinning
+    OpenMP threads can make a step 10-30x slower. Use it in a training-heavy module with
+    ``pytestmark = pytest.mark.usefixtures("one_cpu_thread")``.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Set whether this 'CPU' has native bf16: ``cpu_bf16(True)`` or ``cpu_bf16(False)``."""
+    from utils.training import amp_utils
+
+    def set_support(supported: bool) -> None:
+        monkeypatch.setattr(amp_utils, "cpu_supports_bf16", lambda: supported)
+
+    return set_support

@@ -18,7 +18,7 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 
 from utils import tier3_training_utilities as tier3
-from utils.training import amp_benchmark, amp_utils
+from utils.training import amp_benchmark
 
 ARM = dict(
     n_epochs=1, learning_rate=1e-3, batch_size=2, max_steps=4, timing_warmup_steps=1, progress=False,
@@ -36,22 +36,7 @@ def _assert_same_weights(a, b):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU two spinning
-    OpenMP threads can make a step 10-30x slower. Restored after this module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture
-def cpu_bf16(monkeypatch):
-    def set_support(supported: bool) -> None:
-        monkeypatch.setattr(amp_utils, "cpu_supports_bf16", lambda: supported)
-
-    return set_support
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # see conftest
 
 
 @pytest.fixture

@@ -24,16 +24,6 @@ from utils.training.amp_utils import (
 
 
 @pytest.fixture
-def cpu_bf16(monkeypatch):
-    """Set whether this 'CPU' has native bf16."""
-
-    def set_support(supported: bool) -> None:
-        monkeypatch.setattr(amp_utils, "cpu_supports_bf16", lambda: supported)
-
-    return set_support
-
-
-@pytest.fixture
 def fake_gpu(monkeypatch):
     """Pretend a CUDA GPU with the given compute capability is present."""
 

@@ -1,4 +1,4 @@
-"""Tests for utils.model_helpers: config access, calling models, reading their output."""
+"""Tests for utils.model_helpers: config access, calling models, reading their output, probing them."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
+from tiny_models import TINY, build_model
 
 from utils import model_helpers as mh
-from utils.models import ModelConfig
+from utils.models import ModelConfig, tiny_gpt
 
 # -- get_config_value / require_config_values -----------------------------------
 
@@ -406,3 +407,143 @@ def test_model_device_of_parameter_free_model_is_cpu():
 
 def test_device_name_on_cpu():
     assert mh.device_name(torch.device("cpu")) == "cpu"
+
+
+# -- argument checks and verdicts -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.0, True, "2", None])
+def test_check_positive_int_names_the_argument(value):
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        mh.check_positive_int(value, "batch_size")
+
+
+@pytest.mark.parametrize("value", [0, -0.5, float("nan"), True, "1"])
+def test_check_positive_number_names_the_argument(value):
+    with pytest.raises(ValueError, match="tolerance must be a positive number"):
+        mh.check_positive_number(value, "tolerance")
+
+
+def test_checks_accept_good_values():
+    mh.check_positive_int(3, "n")
+    mh.check_positive_number(3, "x")
+    mh.check_positive_number(1e-9, "x")
+
+
+@pytest.mark.parametrize(
+    ("failed", "warned", "status"),
+    [(True, True, "fail"), (True, False, "fail"), (False, True, "warn"), (False, False, "pass")],
+)
+def test_result_status_precedence(failed, warned, status):
+    assert mh.result_status(failed, warned) == status
+
+
+# -- model outputs and inputs -------------------------------------------------------------------
+
+
+def test_model_output_tensor_tells_logits_from_hidden_states():
+    logits, hidden = torch.zeros(1, 2, 5), torch.ones(1, 2, 3)
+    assert mh.model_output_tensor((logits, None)) == (logits, "logits")
+    tensor, kind = mh.model_output_tensor(SimpleNamespace(last_hidden_state=hidden))
+    assert tensor is hidden and kind == "hidden"
+    tensor, kind = mh.model_output_tensor({"last_hidden_state": hidden})
+    assert tensor is hidden and kind == "hidden"
+    with pytest.raises(TypeError, match="last_hidden_state"):
+        mh.model_output_tensor({"pooled": hidden})
+
+
+def test_output_tensors_keeps_floating_point_tensors_only():
+    logits, pooled, ids = torch.zeros(1, 2, 5), torch.ones(1, 3), torch.zeros(1, 2, dtype=torch.long)
+    assert mh.output_tensors(logits) == [logits]
+    assert mh.output_tensors((logits, ids, None, pooled)) == [logits, pooled]
+    assert mh.output_tensors({"logits": logits, "ids": ids}) == [logits]
+    assert mh.output_tensors(SimpleNamespace(logits=logits)) == [logits]
+
+
+def test_random_input_ids_are_reproducible_and_in_range():
+    first = mh.random_input_ids(2, 5, 7, torch.device("cpu"), seed=3)
+    assert first.shape == (2, 5) and first.dtype == torch.long
+    assert 0 <= int(first.min()) and int(first.max()) < 7
+    assert torch.equal(first, mh.random_input_ids(2, 5, 7, torch.device("cpu"), seed=3))
+    assert not torch.equal(first, mh.random_input_ids(2, 5, 7, torch.device("cpu"), seed=4))
+
+
+# -- context managers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("start_training", [True, False])
+def test_model_mode_restores_the_mode_even_after_an_error(start_training):
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout())
+    model.train(start_training)
+    with pytest.raises(RuntimeError), mh.model_mode(model, not start_training) as inside:
+        assert inside is model and model[1].training is not start_training
+        raise RuntimeError("boom")
+    assert model.training is start_training and model[1].training is start_training
+
+
+def test_preserved_grads_starts_clean_and_gives_the_grads_back():
+    model = nn.Linear(2, 1)
+    sentinel = torch.full_like(model.weight, 7.0)
+    model.weight.grad = sentinel
+    with mh.preserved_grads(model):
+        assert model.weight.grad is None and model.bias.grad is None
+        model(torch.ones(1, 2)).sum().backward()
+        assert model.bias.grad is not None
+    assert model.weight.grad is sentinel and model.bias.grad is None
+
+
+def test_replaced_output_applies_only_inside_the_block():
+    model = nn.Sequential(nn.Identity(), nn.Linear(2, 2))
+    x = torch.ones(1, 2)
+    before = model(x)
+    with mh.replaced_output(model[0], lambda module, args, output: torch.zeros_like(output)):
+        torch.testing.assert_close(model(x), model[1].bias.detach().unsqueeze(0), rtol=0, atol=0)
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+
+
+# -- find_token_embedding ------------------------------------------------------------------------
+
+
+def test_token_embedding_is_not_the_first_embedding():
+    model, _ = build_model("torch_encoder")
+    assert mh.find_token_embedding(model, 64) is model.tok
+    # vocab_size == max_seq_len: both match on size, the name decides.
+    gpt, _ = tiny_gpt(**{**TINY, "vocab_size": 32})
+    assert mh.find_token_embedding(gpt, 32) is gpt.tok_emb
+    hf, _ = build_model("hf_gpt2")
+    assert mh.find_token_embedding(hf, 256) is hf.get_input_embeddings()
+    with pytest.raises(ValueError, match="num_embeddings == vocab_size"):
+        mh.find_token_embedding(model, 1000)
+
+
+# -- probe_model ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "output_kind", "output_dim"), [("gpt", "logits", 256), ("hf_bert", "hidden", 32)])
+def test_probe_model_learns_the_output_kind_and_leaves_the_mode_alone(kind, output_kind, output_dim):
+    model, config = build_model(kind)
+    model.train()
+    probe = mh.probe_model(model, config, "my_check")
+    assert (probe.output_kind, probe.output_dim) == (output_kind, output_dim)
+    assert probe.device == torch.device("cpu") and probe.vocab_size == mh.get_config_value(config, "vocab_size")
+    assert model.training
+
+
+def test_probe_seq_len_defaults_to_the_cap_within_max_seq_len(tiny_gpt):
+    model, config = tiny_gpt
+    probe = mh.probe_model(model, config, "my_check")
+    assert probe.seq_len(None, 16) == 16
+    assert probe.seq_len(None, 1000) == config.max_seq_len
+    assert probe.seq_len(5, 16) == 5
+    with pytest.raises(ValueError, match="seq_len must be a positive int"):
+        probe.seq_len(0, 16)
+
+
+def test_probe_model_names_the_purpose_in_its_errors(tiny_gpt):
+    model, config = tiny_gpt
+    with pytest.raises(ValueError, match="my_check"):
+        mh.probe_model(model, {"max_seq_len": 32}, "my_check")
+    with pytest.raises(ValueError, match="max_seq_len"):
+        mh.probe_model(model, {"vocab_size": 256}, "my_check", required=("vocab_size", "max_seq_len"))
+    with pytest.raises(ValueError, match="my_check: for input_ids of shape"):
+        mh.probe_model(nn.EmbeddingBag(8, 4), {"vocab_size": 8}, "my_check")  # pools to (batch, dim)

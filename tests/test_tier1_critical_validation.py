@@ -6,12 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
+from tiny_models import build_model
 
 from utils import models
 from utils import tier1_critical_validation as t1
 from utils.model_helpers import count_parameters, get_config_value
-
-TINY = dict(d_model=32, n_layers=2, n_heads=2, max_seq_len=32)  # the conftest sizes
 
 PUBLIC_CHECKS = [
     t1.test_shape_robustness,
@@ -22,59 +21,6 @@ PUBLIC_CHECKS = [
     t1.test_inference_speed,
 ]
 
-
-class TorchEncoderLM(nn.Module):
-    """Embeddings + nn.TransformerEncoder(batch_first=True) + a linear head.
-
-    The position embedding is registered first on purpose: code that takes the
-    first nn.Embedding it finds gets the wrong one.
-    """
-
-    def __init__(self, vocab_size: int = 64, d_model: int = 32, n_heads: int = 2, max_seq_len: int = 32) -> None:
-        super().__init__()
-        self.pos = nn.Embedding(max_seq_len, d_model)
-        self.tok = nn.Embedding(vocab_size, d_model)
-        layer = nn.TransformerEncoderLayer(d_model, n_heads, 2 * d_model, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
-        self.head = nn.Linear(d_model, vocab_size)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        return self.head(self.encoder(self.tok(input_ids) + self.pos(positions)))
-
-
-def hf_model(kind: str):
-    transformers = pytest.importorskip("transformers")
-    if kind == "hf_gpt2":
-        config = transformers.GPT2Config(
-            n_layer=2, n_embd=32, n_head=2, vocab_size=256, n_positions=64, bos_token_id=0, eos_token_id=0
-        )
-        return transformers.GPT2LMHeadModel(config), config
-    config = transformers.BertConfig(
-        vocab_size=256,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    model = transformers.BertForMaskedLM(config) if kind == "hf_bert_mlm" else transformers.BertModel(config)
-    return model, config
-
-
-def build(kind: str):
-    """(model, config) for each kind of model the checks must handle."""
-    torch.manual_seed(0)
-    if kind == "gpt":
-        return models.tiny_gpt(**TINY)
-    if kind == "encoder":
-        return models.tiny_encoder(**TINY)
-    if kind == "torch_encoder":
-        return TorchEncoderLM(), {"vocab_size": 64, "max_seq_len": 32, "d_model": 32}
-    return hf_model(kind)
-
-
 ALL_KINDS = ["gpt", "encoder", "torch_encoder", "hf_gpt2", "hf_bert_mlm", "hf_bert"]
 
 
@@ -83,7 +29,7 @@ ALL_KINDS = ["gpt", "encoder", "torch_encoder", "hf_gpt2", "hf_bert_mlm", "hf_be
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_healthy_models_pass_shape_gradient_and_init_checks(kind):
-    model, config = build(kind)
+    model, config = build_model(kind)
     shapes = t1.test_shape_robustness(model, config, batch_sizes=(1, 3), seq_lengths=(1, 5, 16), progress=False)
     assert shapes["status"] == "pass", shapes["table"]
     expected_dim = 32 if kind == "hf_bert" else get_config_value(config, "vocab_size")
@@ -101,7 +47,7 @@ def test_healthy_models_pass_shape_gradient_and_init_checks(kind):
 
 @pytest.mark.parametrize("kind", ["gpt", "torch_encoder", "hf_gpt2", "hf_bert"])
 def test_output_stability_is_finite_and_bf16_is_close(kind):
-    model, config = build(kind)
+    model, config = build_model(kind)
     result = t1.test_output_stability(
         model, config, n_batches=3, batch_size=2, seq_len=8, amp_precisions=("bf16",), progress=False
     )
@@ -208,7 +154,7 @@ def test_gradient_flow_custom_loss_and_frozen_models(tiny_gpt):
 
 
 def test_gradient_flow_does_not_flag_the_bert_key_bias():
-    model, config = build("hf_bert")
+    model, config = build_model("hf_bert")
     table = t1.test_gradient_flow(model, config, seq_len=8)["table"].set_index("name")
     key_bias = table.loc["encoder.layer.0.attention.self.key.bias"]
     assert key_bias["status"] == "ok" and "key bias" in key_bias["note"]

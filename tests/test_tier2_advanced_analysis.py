@@ -6,35 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
+from tiny_models import TINY, build_model
 
 from utils import models
 from utils import tier2_advanced_analysis as t2
 
-TINY = dict(d_model=32, n_layers=2, n_heads=2, max_seq_len=32)  # the conftest sizes
 PUBLIC_CHECKS = [t2.test_attention_patterns, t2.test_attribution_analysis, t2.test_robustness]
-
-
-class TorchEncoderLM(nn.Module):
-    """Embeddings + nn.TransformerEncoder(batch_first=True) + a linear head.
-
-    The position embedding is registered first on purpose: code that takes the
-    first nn.Embedding it finds gets the wrong one.
-    """
-
-    def __init__(self, vocab_size: int = 64, max_seq_len: int = 32, causal: bool = False) -> None:
-        super().__init__()
-        self.pos = nn.Embedding(max_seq_len, 32)
-        self.tok = nn.Embedding(vocab_size, 32)
-        layer = nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
-        self.head = nn.Linear(32, vocab_size)
-        self.causal = causal
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        seq_len = input_ids.shape[1]
-        x = self.tok(input_ids) + self.pos(torch.arange(seq_len, device=input_ids.device))
-        mask = nn.Transformer.generate_square_subsequent_mask(seq_len) if self.causal else None
-        return self.head(self.encoder(x, mask=mask, is_causal=self.causal))
 
 
 class ScriptedAttention(nn.Module):
@@ -58,39 +35,6 @@ class ScriptedAttention(nn.Module):
         return {"logits": logits, "attentions": [heads.expand(batch, -1, -1, -1)] * 2}
 
 
-def hf_model(kind: str):
-    transformers = pytest.importorskip("transformers")
-    if kind == "hf_gpt2":  # default attention (SDPA): the check must switch to eager itself
-        config = transformers.GPT2Config(
-            n_layer=2, n_embd=32, n_head=2, vocab_size=256, n_positions=64, bos_token_id=0, eos_token_id=0
-        )
-        return transformers.GPT2LMHeadModel(config), config
-    config = transformers.BertConfig(
-        vocab_size=256,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    model = transformers.BertForMaskedLM(config) if kind == "hf_bert_mlm" else transformers.BertModel(config)
-    return model, config
-
-
-def build(kind: str):
-    torch.manual_seed(0)
-    if kind == "gpt":
-        return models.tiny_gpt(**TINY)
-    if kind == "encoder":
-        return models.tiny_encoder(**TINY)
-    if kind == "torch_encoder":
-        return TorchEncoderLM(), {"vocab_size": 64, "max_seq_len": 32}
-    if kind == "torch_causal":
-        return TorchEncoderLM(causal=True), {"vocab_size": 64, "max_seq_len": 32}
-    return hf_model(kind)
-
-
 # -- test_attention_patterns -----------------------------------------------------
 
 
@@ -107,7 +51,7 @@ def build(kind: str):
     ],
 )
 def test_attention_is_captured_from_every_kind_of_model(kind, method, n_heads):
-    model, config = build(kind)
+    model, config = build_model(kind)
     model.eval()  # eval mode is where nn.TransformerEncoderLayer would take its fused fast path
     result = t2.test_attention_patterns(model, config, batch_size=2, seq_len=12)
     assert result["method"] == method
@@ -133,7 +77,7 @@ def test_causal_masks_do_not_look_collapsed(tiny_gpt):
 
 
 def test_hf_attention_implementation_is_restored():
-    model, config = build("hf_gpt2")
+    model, config = build_model("hf_gpt2")
     before = model.config._attn_implementation
     assert t2.test_attention_patterns(model, config, batch_size=1, seq_len=8)["method"] == "output_attentions"
     assert model.config._attn_implementation == before
@@ -164,27 +108,12 @@ def test_attention_needs_a_way_to_see_the_weights():
         t2.test_attention_patterns(NoAttention(), {"vocab_size": 16})
 
 
-# -- find_token_embedding ------------------------------------------------------
-
-
-def test_token_embedding_is_not_the_first_embedding():
-    model, _ = build("torch_encoder")
-    assert t2.find_token_embedding(model, 64) is model.tok
-    # vocab_size == max_seq_len: both match on size, the name decides.
-    gpt, _ = models.tiny_gpt(**{**TINY, "vocab_size": 32})
-    assert t2.find_token_embedding(gpt, 32) is gpt.tok_emb
-    hf, _ = build("hf_gpt2")
-    assert t2.find_token_embedding(hf, 256) is hf.get_input_embeddings()
-    with pytest.raises(ValueError, match="num_embeddings == vocab_size"):
-        t2.find_token_embedding(model, 1000)
-
-
 # -- test_attribution_analysis -------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["gpt", "torch_encoder", "hf_gpt2", "hf_bert"])
 def test_integrated_gradients_are_complete(kind):
-    model, config = build(kind)
+    model, config = build_model(kind)
     result = t2.test_attribution_analysis(model, config, n_samples=2, seq_len=8, n_steps=64, progress=False)
     completeness = result["completeness"]
     gap = torch.tensor(completeness["f_input"] - completeness["f_baseline"])
@@ -250,7 +179,7 @@ def test_attribution_rejects_bad_arguments(tiny_gpt, kwargs, message):
 
 @pytest.mark.parametrize("kind", ["gpt", "torch_encoder", "hf_bert_mlm"])
 def test_agreement_falls_as_noise_grows(kind):
-    model, config = build(kind)
+    model, config = build_model(kind)
     result = t2.test_robustness(
         model, config, noise_levels=(0.0, 0.1, 1.0, 5.0), n_samples=4, seq_len=8, n_trials=2, progress=False
     )
@@ -264,7 +193,7 @@ def test_agreement_falls_as_noise_grows(kind):
 
 
 def test_robustness_of_hidden_states_uses_cosine_similarity():
-    model, config = build("hf_bert")
+    model, config = build_model("hf_bert")
     table = t2.test_robustness(
         model, config, noise_levels=(0.0, 0.5, 5.0), n_samples=2, seq_len=8, n_trials=1, progress=False
     )["table"]

@@ -22,7 +22,6 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 
 from utils import tier3_training_utilities as tier3
-from utils.training import amp_utils
 from utils.training.amp_utils import AmpWandbCallback
 from utils.training.losses import next_token_loss_sums
 from utils.training.metrics_tracker import MetricsTracker
@@ -52,22 +51,7 @@ def _changed(before, model):
     return any(not torch.equal(before[name], after[name]) for name in before)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU two spinning
-    OpenMP threads can make a step 10-30x slower. Restored after this module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture
-def cpu_bf16(monkeypatch):
-    def set_support(supported: bool) -> None:
-        monkeypatch.setattr(amp_utils, "cpu_supports_bf16", lambda: supported)
-
-    return set_support
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # see conftest
 
 
 def _per_sequence_loss_sums(model, sequences):

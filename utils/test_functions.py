@@ -31,9 +31,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from utils.model_helpers import require_config_values, validate_model
+from utils.model_helpers import probe_model, require_config_values, validate_model
 from utils.tier1_critical_validation import (
-    probe_model,
     test_gradient_flow,
     test_inference_speed,
     test_memory_footprint,

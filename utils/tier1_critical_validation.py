@@ -25,12 +25,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -38,14 +36,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.model_helpers import (
-    ForwardFn,
+    ModelProbe,
+    check_positive_int,
+    check_positive_number,
     count_parameters,
     device_name,
-    extract_logits,
     get_config_value,
-    make_forward_fn,
-    model_device,
-    require_config_values,
+    model_mode,
+    model_output_tensor,
+    output_tensors,
+    preserved_grads,
+    probe_model,
+    random_input_ids,
+    result_status,
     synchronize,
     validate_model,
 )
@@ -54,138 +57,8 @@ from utils.training.amp_utils import cuda_supports_bf16, resolve_precision
 MB = 2**20
 
 # ---------------------------------------------------------------------------
-# Shared helpers. Tier 2 uses them too; they are candidates for model_helpers.py.
+# Tier 1 helpers (the ones every tier shares live in model_helpers.py)
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelProbe:
-    """What one probe forward pass learned about a model.
-
-    Attributes:
-        forward: ``forward(input_ids, attention_mask=None)`` from ``make_forward_fn``.
-        device: where the model's parameters live; inputs are built there.
-        vocab_size: from the config.
-        max_seq_len: from the config, or None when the config has none.
-        output_kind: ``'logits'`` for (B, T, V) outputs, ``'hidden'`` for (B, T, H).
-        output_dim: the last dimension of the output (V or H).
-    """
-
-    forward: ForwardFn
-    device: torch.device
-    vocab_size: int
-    max_seq_len: int | None
-    output_kind: str
-    output_dim: int
-
-    def seq_len(self, seq_len: int | None, cap: int) -> int:
-        """``seq_len`` checked, or by default ``cap`` shortened to the model's ``max_seq_len``."""
-        if seq_len is not None:
-            check_positive_int(seq_len, "seq_len")
-            return seq_len
-        return min(cap, self.max_seq_len) if self.max_seq_len else cap
-
-
-def model_output_tensor(output: Any) -> tuple[torch.Tensor, str]:
-    """The main tensor of a model output and its kind, ``'logits'`` or ``'hidden'``.
-
-    Tries ``extract_logits`` first, then ``last_hidden_state`` (Hugging Face
-    base models such as ``BertModel``). The kind is refined by ``probe_model``.
-
-    Raises:
-        TypeError: when the output holds neither logits nor hidden states.
-    """
-    try:
-        return extract_logits(output), "logits"
-    except TypeError as err:
-        hidden = getattr(output, "last_hidden_state", None)
-        if hidden is None and isinstance(output, Mapping):
-            hidden = output.get("last_hidden_state")
-        if isinstance(hidden, torch.Tensor):
-            return hidden, "hidden"
-        raise TypeError(f"{err} (an encoder may instead return an object with .last_hidden_state)") from err
-
-
-def output_tensors(output: Any) -> list[torch.Tensor]:
-    """Every floating-point tensor at the top level of a model output."""
-    if isinstance(output, torch.Tensor):
-        values = [output]
-    elif isinstance(output, Mapping):
-        values = list(output.values())
-    elif isinstance(output, (tuple, list)):
-        values = list(output)
-    else:
-        values = [model_output_tensor(output)[0]]
-    return [v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()]
-
-
-def random_input_ids(
-    batch_size: int, seq_len: int, vocab_size: int, device: torch.device, seed: int = 0
-) -> torch.Tensor:
-    """Reproducible random token ids ``(batch_size, seq_len)`` on ``device``."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator).to(device)
-
-
-@contextlib.contextmanager
-def model_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
-    """Put ``model`` in train or eval mode for a block, then restore its mode."""
-    was_training = model.training
-    model.train(training)
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-@contextlib.contextmanager
-def preserved_grads(model: nn.Module) -> Iterator[None]:
-    """Start the block with no gradients and give the user's ``.grad`` back afterwards."""
-    params = list(model.parameters())
-    saved = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    try:
-        yield
-    finally:
-        for p, grad in zip(params, saved, strict=True):
-            p.grad = grad
-
-
-def probe_model(model: Any, config: Any, purpose: str, required: tuple[str, ...] = ("vocab_size",)) -> ModelProbe:
-    """Validate ``model`` and ``config`` and run one tiny forward pass, before any real work.
-
-    Raises:
-        TypeError: ``model`` is not an ``nn.Module``, or its output holds no usable tensor.
-        ValueError: ``config`` lacks a field in ``required``, or the output is not 3-D.
-        RuntimeError: the model fails on a (1, 4) batch of token ids.
-    """
-    validate_model(model)
-    values = require_config_values(config, tuple(dict.fromkeys(("vocab_size", *required))), purpose)
-    vocab_size = int(values["vocab_size"])
-    max_seq_len = get_config_value(config, "max_seq_len")
-    max_seq_len = int(max_seq_len) if max_seq_len else None
-    device, forward = model_device(model), make_forward_fn(model)
-    input_ids = random_input_ids(1, min(4, max_seq_len or 4), vocab_size, device)
-    with model_mode(model, False), torch.no_grad():
-        try:
-            output = forward(input_ids)
-        except Exception as err:
-            raise RuntimeError(
-                f"{purpose}: calling the model on input_ids of shape {tuple(input_ids.shape)} failed with "
-                f"{type(err).__name__}: {err}; forward must accept (input_ids, attention_mask=None)"
-            ) from err
-    try:
-        tensor, kind = model_output_tensor(output)
-    except TypeError as err:
-        raise TypeError(f"{purpose}: the model's output is unusable: {err}") from err
-    if tensor.ndim != 3 or tuple(tensor.shape[:2]) != tuple(input_ids.shape):
-        raise ValueError(
-            f"{purpose}: for input_ids of shape {tuple(input_ids.shape)} the model returned shape "
-            f"{tuple(tensor.shape)}; expected (batch, seq, vocab) logits or (batch, seq, hidden) states"
-        )
-    kind = "logits" if kind == "logits" and tensor.shape[-1] == vocab_size else "hidden"
-    return ModelProbe(forward, device, vocab_size, max_seq_len, kind, int(tensor.shape[-1]))
 
 
 def default_amp_precisions(device: torch.device) -> tuple[str, ...]:
@@ -209,23 +82,6 @@ def check_positive_ints(values: Sequence[int], name: str) -> tuple[int, ...]:
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
         raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {values!r}")
     return tuple(sorted(set(values)))
-
-
-def check_positive_int(value: int, name: str) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is an int >= 1."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def check_positive_number(value: float, name: str) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is a number > 0."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-
-
-def result_status(failed: bool, warned: bool = False) -> str:
-    """'fail', 'warn' or 'pass', in that order of precedence."""
-    return "fail" if failed else "warn" if warned else "pass"
 
 
 # ---------------------------------------------------------------------------
@@ -1123,20 +979,10 @@ def _plot_latencies(latencies: dict[str, list[float]], device: str) -> Any:
 test_inference_speed.__test__ = False
 
 __all__ = [
-    "ModelProbe",
     "OPTIMIZER_STATE_SLOTS",
-    "check_positive_int",
     "check_positive_ints",
-    "check_positive_number",
     "default_amp_precisions",
     "layer_label",
-    "model_mode",
-    "model_output_tensor",
-    "output_tensors",
-    "preserved_grads",
-    "probe_model",
-    "random_input_ids",
-    "result_status",
     "test_gradient_flow",
     "test_inference_speed",
     "test_memory_footprint",

@@ -23,72 +23,26 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from utils.tier1_critical_validation import (
+from utils.model_helpers import (
     ModelProbe,
     check_positive_int,
     check_positive_number,
+    find_token_embedding,
     model_mode,
     model_output_tensor,
     probe_model,
     random_input_ids,
+    replaced_output,
     result_status,
 )
-
-# ---------------------------------------------------------------------------
-# Finding the token embedding (a candidate for model_helpers.py)
-# ---------------------------------------------------------------------------
-
-_TOKEN_EMBEDDING_NAMES = ("tok", "word", "wte", "embed_tokens", "token")
-
-
-def find_token_embedding(model: nn.Module, vocab_size: int) -> nn.Embedding:
-    """The token embedding: ``model.get_input_embeddings()`` when it has one, else
-    the ``nn.Embedding`` with ``num_embeddings == vocab_size``.
-
-    Never the first embedding found: a position embedding may come first. When
-    several embeddings have ``vocab_size`` rows, one whose name says token
-    (tok, word, wte, embed_tokens) wins.
-
-    Raises:
-        ValueError: no embedding with ``vocab_size`` rows exists.
-    """
-    getter = getattr(model, "get_input_embeddings", None)
-    if callable(getter):
-        with contextlib.suppress(NotImplementedError, AttributeError):
-            embedding = getter()
-            if isinstance(embedding, nn.Embedding):
-                return embedding
-    candidates = [
-        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.num_embeddings == vocab_size
-    ]
-    if not candidates:
-        found = {n: m.num_embeddings for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
-        raise ValueError(
-            f"no nn.Embedding with num_embeddings == vocab_size ({vocab_size}) in the model (found {found}); "
-            "check config.vocab_size or define model.get_input_embeddings()"
-        )
-    named = [c for c in candidates if any(key in c[0].lower() for key in _TOKEN_EMBEDDING_NAMES)]
-    return (named or candidates)[0][1]
-
-
-@contextlib.contextmanager
-def replaced_output(module: nn.Module, hook: Any) -> Iterator[None]:
-    """Register ``hook(module, args, output) -> new output`` for the block only."""
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
 
 # ---------------------------------------------------------------------------
 # test_attention_patterns
@@ -754,8 +708,6 @@ test_robustness.__test__ = False
 
 __all__ = [
     "capture_attentions",
-    "find_token_embedding",
-    "replaced_output",
     "test_attention_patterns",
     "test_attribution_analysis",
     "test_robustness",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from utils.model_helpers import (
     extract_logits,
     get_config_value,
     make_forward_fn,
+    model_mode,
     resolve_device,
     validate_model,
 )
@@ -340,14 +340,9 @@ def _read_model_sizes(model: nn.Module, config: Any, settings: TrainingSettings)
 
 def _probe_model(forward: Any, model: nn.Module, batch: dict, device: torch.device, vocab_size: int) -> None:
     """One forward pass before training, so an unusable output fails fast and clearly."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            input_ids, _, mask = _to_device(batch, device)
-            logits = extract_logits(forward(input_ids, mask))
-    finally:
-        model.train(was_training)
+    with model_mode(model, training=False), torch.no_grad():
+        input_ids, _, mask = _to_device(batch, device)
+        logits = extract_logits(forward(input_ids, mask))
     expected = (*input_ids.shape, vocab_size)
     if tuple(logits.shape) != expected:
         raise ValueError(

@@ -71,3 +71,25 @@ def cpu_bf16(monkeypatch):
         monkeypatch.setattr(amp_utils, "cpu_supports_bf16", lambda: supported)
 
     return set_support
+
+
+@pytest.fixture
+def offline_wandb_log(wandb_dir):
+    """Wait (bounded) until the one offline run's .wandb log holds every needle, and return its bytes.
+
+    wandb-core writes that file asynchronously, so it can still be a bare header
+    right after ``run.finish()`` returns; reading it once races the writer.
+    """
+    import time
+
+    def read(*needles: bytes, timeout_s: float = 60.0) -> bytes:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            logs = sorted((wandb_dir / "wandb").glob("offline-run-*/*.wandb"))
+            written = logs[0].read_bytes() if len(logs) == 1 else b""
+            if len(logs) > 1 or all(n in written for n in needles) or time.monotonic() > deadline:
+                assert len(logs) == 1, logs  # exactly one run
+                return written
+            time.sleep(0.2)
+
+    return read

@@ -174,7 +174,7 @@ def test_model_must_be_a_module(no_arm_may_run):
         amp_benchmark.test_amp_speedup_benchmark(nn.Linear, {"vocab_size": 256}, **ARM)
 
 
-def test_wandb_logs_both_arms_prefixed_in_one_offline_run(tiny_gpt, cpu_bf16, wandb_dir):
+def test_wandb_logs_both_arms_prefixed_in_one_offline_run(tiny_gpt, cpu_bf16, offline_wandb_log):
     wandb = pytest.importorskip("wandb")
     cpu_bf16(True)
     assert wandb.run is None
@@ -182,8 +182,7 @@ def test_wandb_logs_both_arms_prefixed_in_one_offline_run(tiny_gpt, cpu_bf16, wa
     report = amp_benchmark.test_amp_speedup_benchmark(model, config, use_wandb=True, **ARM)
     assert report["status"] == "ok"
     assert wandb.run is None  # the benchmark's own run was finished
-    logs = list((wandb_dir / "wandb").glob("offline-run-*/*.wandb"))
-    assert len(logs) == 1, logs  # one run for both arms
-    written = logs[0].read_bytes()
-    for key in (b"fp32/train/loss", b"bf16/train/loss", b"fp32/val/loss", b"bf16/val/loss"):
+    keys = (b"fp32/train/loss", b"bf16/train/loss", b"fp32/val/loss", b"bf16/val/loss")
+    written = offline_wandb_log(*keys)  # asserts one run for both arms
+    for key in keys:
         assert key in written, key

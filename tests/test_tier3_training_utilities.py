@@ -654,13 +654,7 @@ def test_callback_exception_propagates(tiny_gpt):
     assert model.training  # restored even on failure
 
 
-def _offline_run_bytes(wandb_dir: Path) -> bytes:
-    logs = list((wandb_dir / "wandb").glob("offline-run-*/*.wandb"))
-    assert len(logs) == 1, logs
-    return logs[0].read_bytes()
-
-
-def test_amp_wandb_callback_logs_to_a_real_offline_run(tiny_gpt, wandb_dir, cpu_bf16):
+def test_amp_wandb_callback_logs_to_a_real_offline_run(tiny_gpt, offline_wandb_log, cpu_bf16):
     wandb = pytest.importorskip("wandb")
     cpu_bf16(True)
     assert wandb.run is None
@@ -679,7 +673,7 @@ def test_amp_wandb_callback_logs_to_a_real_offline_run(tiny_gpt, wandb_dir, cpu_
     # The last train/loss logged is the epoch row's.
     assert reader.summary["train/loss"] == pytest.approx(results["metrics_summary"]["train/loss"].iloc[-1])
     assert wandb.run is None  # the run test_fine_tuning started was finished
-    written = _offline_run_bytes(wandb_dir)
+    written = offline_wandb_log(b"train/loss", b"amp/precision")
     assert b"train/loss" in written and b"amp/precision" in written
 
 

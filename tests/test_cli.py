@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,12 +38,15 @@ def build():
 
 @pytest.mark.slow
 def test_main_job_end_to_end_writes_the_report(tmp_path):
-    out = tmp_path / "report"
+    # The default --out, from a folder with no reports/ yet, as on a fresh clone.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "utils", "--quick", "--no-progress", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "utils", "--quick", "--no-progress"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (out,) = (tmp_path / "reports").iterdir()
+    assert out.name.startswith("run-")
     names = {p.name for p in out.iterdir()}
     assert {"training_curves.png", "amp_benchmark.png", "metrics.csv", "steps.csv", "results.json", "summary.md"} <= names
     assert {"tier1.csv", "tier2.csv", "tier1_test_gradient_flow.png", "tier2_test_attention_patterns.png"} <= names

@@ -54,3 +54,17 @@ def test_existing_folder_needs_overwrite(tmp_path):
 def test_markdown_table_formats_floats_and_blanks():
     text = report.markdown_table([{"a": 1.23456, "b": None}, {"a": "x", "b": 3}])
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.235 |  |", "| x | 3 |"]
+
+
+def test_missing_parent_folders_are_made_at_write_time(tmp_path):
+    out = tmp_path / "reports" / "nested" / "run-1"
+    report.check_report_folder(out, overwrite=False)
+    assert not (tmp_path / "reports").exists()  # checking writes nothing
+    report.write_report(out, figures={}, tables={}, results={}, summary_md="x")
+    assert (out / "summary.md").read_text() == "x"
+
+
+def test_out_below_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        report.check_report_folder(tmp_path / "afile" / "run", overwrite=False)

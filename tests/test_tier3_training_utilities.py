@@ -797,3 +797,16 @@ def test_use_amp_on_cuda_trains_in_reduced_precision(tiny_gpt):
     assert results["device"].startswith("cuda")
     assert next(model.parameters()).is_cuda
     assert results["final_loss"] < results["initial_loss"] - 0.5
+
+
+def test_a_bidirectional_model_gets_a_leakage_warning(tiny_encoder):
+    model, config = tiny_encoder
+    with pytest.warns(UserWarning, match="the model is not causal"):
+        _train(model, config, max_steps=1)
+
+
+def test_a_causal_model_with_padded_batches_gets_no_leakage_warning(tiny_gpt, recwarn):
+    model, config = tiny_gpt
+    texts = ["def f(x):\n    return x\n", "import os\n", "class A:\n    pass\n" * 2] * 4
+    _train(model, config, train_data=texts, val_data=texts, max_steps=1)  # the probe batch is padded
+    assert not [w for w in recwarn if "not causal" in str(w.message)]

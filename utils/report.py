@@ -21,9 +21,9 @@ def check_report_folder(out: Path, overwrite: bool) -> None:
         raise ValueError(f"--out {out} is a file; pass a folder path")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"--out {out} already holds files; choose a new folder or pass --overwrite")
-    parent = out.resolve().parent
-    if not parent.exists():
-        raise ValueError(f"--out {out}: the parent folder {parent} does not exist")
+    existing = next(p for p in out.resolve().parents if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file, so the folder cannot be made there")
 
 
 def write_report(
@@ -50,6 +50,7 @@ def write_report(
     """
     check_report_folder(out, overwrite)
     out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)  # e.g. the default reports/ on a fresh clone
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         staging.chmod(0o777 & ~_current_umask())  # mkdtemp makes it private; a report is not

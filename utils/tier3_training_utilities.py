@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -349,6 +350,27 @@ def _probe_model(forward: Any, model: nn.Module, batch: dict, device: torch.devi
             f"the model returned logits of shape {tuple(logits.shape)}, expected (batch, seq, vocab) = {expected}; "
             "test_fine_tuning needs per-token vocabulary logits (check config.vocab_size and the LM head)"
         )
+    if _sees_future_tokens(forward, model, input_ids, mask, logits):
+        warnings.warn(
+            "the model is not causal: changing the last token changes the logits at earlier positions, so "
+            "each next-token target is visible in its input and the loss can fall by copying. Add a causal "
+            "mask for language modelling, or read these results as an upper bound.",
+            stacklevel=4,
+        )
+
+
+def _sees_future_tokens(
+    forward: Any, model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor
+) -> bool:
+    """True when earlier positions' logits depend on the last token (a bidirectional model)."""
+    if input_ids.size(1) < 2:
+        return False
+    changed = input_ids.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % logits.size(-1)
+    with model_mode(model, training=False), torch.no_grad():
+        other = extract_logits(forward(changed, mask))
+    # A deliberate sync, once at setup.
+    return not torch.allclose(logits[:, :-1].float(), other[:, :-1].float(), rtol=1e-4, atol=1e-5)
 
 
 def _make_progress_bar(total_steps: int, enabled: bool, plan: PrecisionPlan) -> Any:

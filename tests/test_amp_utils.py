@@ -7,7 +7,7 @@ that way are only inspected, never used for autocast or a scaler.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import sys
 import warnings
 from types import SimpleNamespace
 
@@ -313,8 +313,56 @@ def test_on_log_writes_amp_metrics_to_an_offline_run(wandb_dir, no_wandb_run):
     assert wandb.run is None
 
 
-def test_for_lightning_without_lightning_says_how_to_install():
-    if importlib.util.find_spec("lightning") or importlib.util.find_spec("pytorch_lightning"):
-        pytest.skip("Lightning is installed")
+def test_for_lightning_without_lightning_says_how_to_install(monkeypatch):
+    # Hide Lightning whether or not it is installed: a None entry makes its import fail.
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning"):
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match="pip install lightning"):
         AmpWandbCallback.for_lightning()
+
+
+class _TinyLightningLM:
+    """Built inside the test, once Lightning is known to be importable."""
+
+    @staticmethod
+    def build(pl):
+        import torch.nn.functional as F
+
+        from utils.models import tiny_gpt
+
+        class LM(pl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.model, _ = tiny_gpt(d_model=32, n_layers=2, n_heads=2, max_seq_len=16)
+
+            def training_step(self, batch, batch_idx):
+                (ids,) = batch
+                logits = self.model(ids)
+                return F.cross_entropy(logits[:, :-1].reshape(-1, 256).float(), ids[:, 1:].reshape(-1))
+
+            def configure_optimizers(self):
+                return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+        return LM()
+
+
+@pytest.mark.parametrize(("precision", "enabled"), [("32-true", False), ("bf16-mixed", True)])
+def test_for_lightning_logs_in_a_real_lightning_trainer(precision, enabled, wandb_dir):
+    pl = pytest.importorskip("lightning.pytorch")
+    wandb = pytest.importorskip("wandb")
+    torch.manual_seed(0)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randint(0, 256, (8, 16))), batch_size=4)
+    callback = AmpWandbCallback.for_lightning()
+    assert isinstance(callback, pl.Callback) and isinstance(callback, AmpWandbCallback)
+    run = wandb.init(mode="offline", dir=str(wandb_dir))
+    try:
+        trainer = pl.Trainer(
+            max_steps=2, precision=precision, accelerator="cpu", callbacks=[callback], logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        trainer.fit(_TinyLightningLM.build(pl), data)
+        summary = dict(run.summary)
+    finally:
+        run.finish()
+    assert summary.get("amp/enabled") is enabled
+    assert summary.get("amp/precision") == precision

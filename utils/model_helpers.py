@@ -198,9 +198,9 @@ def synchronize(device: torch.device) -> None:
 
 
 def check_positive_int(value: int, name: str) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is an int >= 1."""
+    """Raise a ValueError naming ``name`` unless ``value`` is an int >= 1 (a bool is not)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def check_positive_number(value: float, name: str) -> None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from utils.model_helpers import (
+    check_positive_int,
     count_parameters,
     detect_vocab_size,
     extract_logits,
@@ -241,11 +242,8 @@ def _validate_settings(**values: Any) -> TrainingSettings:
     positive_ints = ("n_epochs", "batch_size", "gradient_accumulation_steps", "log_every")
     optional_positive_ints = ("max_steps", "seq_len", "max_val_batches")
     for name in positive_ints + optional_positive_ints + ("max_corpus_bytes",):
-        value = values[name]
-        if value is None and name in optional_positive_ints:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if values[name] is not None or name not in optional_positive_ints:
+            check_positive_int(values[name], name)
     if values["warmup_steps"] is not None and (not isinstance(values["warmup_steps"], int) or values["warmup_steps"] < 0):
         raise ValueError(f"warmup_steps must be a non-negative integer or None, got {values['warmup_steps']!r}")
     for name in ("learning_rate", "init_loss_scale"):

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from utils.model_helpers import check_positive_int
+
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 # name -> (autocast dtype, needs a GradScaler). fp32 runs with autocast disabled.
@@ -182,8 +184,7 @@ class AmpWandbCallback:
     """
 
     def __init__(self, log_every: int = 1) -> None:
-        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
-            raise ValueError(f"log_every must be a positive int, got {log_every!r}")
+        check_positive_int(log_every, "log_every")
         self.log_every = log_every
 
     # -- test_fine_tuning hooks ------------------------------------------------

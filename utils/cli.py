@@ -230,11 +230,9 @@ def _run_benchmark(model: nn.Module, config: Any, args: argparse.Namespace, prof
 
 
 def _run_tiers(model: nn.Module, config: Any, args: argparse.Namespace) -> dict[str, dict]:
-    """Tier 1 and Tier 2 checks, when the facade is available."""
-    try:
-        from utils import test_functions
-    except ImportError:
-        return {}
+    """Tier 1 and Tier 2 checks: summary tables, each check's own table, and its plots."""
+    from utils import test_functions
+
     sections = {}
     for tier, run in (("tier1", test_functions.run_all_tier1_tests), ("tier2", test_functions.run_all_tier2_tests)):
         table = run(model, config)

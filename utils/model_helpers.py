@@ -98,18 +98,28 @@ def extract_logits(output: Any) -> torch.Tensor:
     )
 
 
+def _forward_parameters(model: nn.Module) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # some compiled or C++ modules hide their signature
+        return {}
+
+
+def forward_accepts(model: nn.Module, name: str) -> bool:
+    """True when ``model.forward`` takes the keyword ``name`` (by name, or through ``**kwargs``)."""
+    params = _forward_parameters(model)
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def make_forward_fn(model: nn.Module) -> ForwardFn:
     """Decide once how to call ``model`` with ``input_ids`` (and ``attention_mask``).
 
     Returns ``forward(input_ids, attention_mask)``. The mask is passed only
     when the model's forward accepts it and a batch really has padding.
     """
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # some compiled or C++ modules hide their signature
-        params = {}
+    params = _forward_parameters(model)
     takes_var_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    accepts_mask = "attention_mask" in params or takes_var_kwargs
+    accepts_mask = forward_accepts(model, "attention_mask")
     first = next(iter(params.values()), None)
     positional = first is not None and first.kind in (
         inspect.Parameter.POSITIONAL_ONLY,

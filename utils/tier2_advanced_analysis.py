@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,6 +35,7 @@ from utils.model_helpers import (
     check_positive_int,
     check_positive_number,
     find_token_embedding,
+    forward_accepts,
     model_mode,
     model_output_tensor,
     probe_model,
@@ -150,7 +150,7 @@ def capture_attentions(model: nn.Module, probe: ModelProbe, input_ids: torch.Ten
     Raises:
         ValueError: when neither ``output_attentions`` nor ``nn.MultiheadAttention`` gives weights.
     """
-    if _accepts_keyword(model, "output_attentions"):
+    if forward_accepts(model, "output_attentions"):
         attentions = _attentions_from_output(model, input_ids)
         if attentions:
             return attentions, "output_attentions"
@@ -165,13 +165,6 @@ def capture_attentions(model: nn.Module, probe: ModelProbe, input_ids: torch.Ten
         "return {'logits': ..., 'attentions': [one (B, n_heads, T, T) tensor per layer]}"
     )
 
-
-def _accepts_keyword(model: nn.Module, name: str) -> bool:
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _attentions_from_output(model: nn.Module, input_ids: torch.Tensor) -> list[torch.Tensor]:

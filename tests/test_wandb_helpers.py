@@ -283,3 +283,17 @@ def test_missing_wandb_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` raise ImportError
     with pytest.raises(ImportError, match="pip install wandb"):
         wandb_helpers._import_wandb()
+
+
+def test_start_run_unless_active_starts_one_and_then_leaves_the_active_run_alone(wandb_dir, tiny_gpt):
+    wandb = pytest.importorskip("wandb")
+    model, config = tiny_gpt
+    assert wandb.run is None
+    run = wandb_helpers.start_run_unless_active(model, config, precision="bf16", mode_note="x")
+    try:
+        assert run is not None and wandb.run is run
+        assert run.config["mixed_precision"] == "bf16" and run.config["mode_note"] == "x"
+        assert wandb_helpers.start_run_unless_active(model, config, precision="fp32") is None  # one is active
+        assert wandb.run is run
+    finally:
+        run.finish()

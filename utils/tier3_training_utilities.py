@@ -381,19 +381,14 @@ def _make_progress_bar(total_steps: int, enabled: bool, plan: PrecisionPlan) -> 
 
 def _start_wandb_run(env: TrainingEnvironment, config: Any, project: str) -> Any:
     """Log to the active W&B run, or start one here (returned, so the caller finishes it)."""
-    import wandb
-
     from utils import wandb_helpers
 
-    if wandb.run is not None:
-        return None
     s = env.settings
-    wandb_config = wandb_helpers.build_wandb_config(
-        env.model, config, precision=env.plan.name, learning_rate=s.learning_rate, batch_size=s.batch_size,
-        n_epochs=s.n_epochs, gradient_accumulation_steps=s.gradient_accumulation_steps, max_steps=s.max_steps,
-        grad_clip=s.grad_clip, seed=s.seed, data=env.data_source,
+    return wandb_helpers.start_run_unless_active(
+        env.model, config, precision=env.plan.name, project=project, learning_rate=s.learning_rate,
+        batch_size=s.batch_size, n_epochs=s.n_epochs, gradient_accumulation_steps=s.gradient_accumulation_steps,
+        max_steps=s.max_steps, grad_clip=s.grad_clip, seed=s.seed, data=env.data_source,
     )  # fmt: skip
-    return wandb_helpers.initialize_wandb_run(project=project, config=wandb_config)
 
 
 def _notify(env: TrainingEnvironment, hook: str, *args: Any) -> None:

@@ -380,6 +380,29 @@ def _validate_run_args(project: Any, config: Any, tags: Any) -> None:
         raise ValueError(f"tags must be a list of strings, got {tags!r}; e.g. tags=['amp', 'bf16']")
 
 
+def start_run_unless_active(
+    model: nn.Module,
+    config: Any,
+    *,
+    precision: str,
+    project: str = "utils-transformer-tests",
+    name: str | None = None,
+    **hyperparams: Any,
+) -> Any:
+    """Log to the active W&B run if there is one; else start one and return it.
+
+    Returns:
+        The run started here, which the caller must finish, or None when a
+        run was already active (the caller leaves that one alone).
+    """
+    import wandb
+
+    if wandb.run is not None:
+        return None
+    wandb_config = build_wandb_config(model, config, precision=precision, **hyperparams)
+    return initialize_wandb_run(project=project, name=name, config=wandb_config)
+
+
 def has_wandb_api_key() -> bool:
     """True if wandb could log in without asking: ``WANDB_API_KEY``, an identity token, or a netrc entry.
 

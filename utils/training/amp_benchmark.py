@@ -108,7 +108,7 @@ def test_amp_speedup_benchmark(
         progress=progress, **fine_tuning_options,
     )  # fmt: skip
     initial_state = copy.deepcopy(model.state_dict())
-    run = _start_benchmark_run(model, config, amp_plan.name, device) if use_wandb else None
+    run = _start_benchmark_run(model, config, amp_plan.name) if use_wandb else None
     try:
         with _tf32(allow_tf32):
             arms = {name: _run_arm(model, initial_state, name, arm_args) for name in ("fp32", amp_plan.name)}
@@ -258,16 +258,13 @@ def _tf32(allowed: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def _start_benchmark_run(model: nn.Module, config: Any, amp_name: str, device: torch.device) -> Any:
+def _start_benchmark_run(model: nn.Module, config: Any, amp_name: str) -> Any:
     """One W&B run for both arms (keys prefixed per arm), unless a run is already active."""
-    import wandb
-
     from utils import wandb_helpers
 
-    if wandb.run is not None:
-        return None
-    wandb_config = wandb_helpers.build_wandb_config(model, config, precision=amp_name, benchmark="amp_speedup")
-    return wandb_helpers.initialize_wandb_run(name=f"amp-benchmark-{amp_name}", config=wandb_config)
+    return wandb_helpers.start_run_unless_active(
+        model, config, precision=amp_name, name=f"amp-benchmark-{amp_name}", benchmark="amp_speedup"
+    )
 
 
 def _create_benchmark_figure(report: dict[str, Any], fp32: dict[str, Any], amp: dict[str, Any]) -> Any:

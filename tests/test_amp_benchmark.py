@@ -123,6 +123,11 @@ def test_cpu_benchmark_runs_both_arms_fairly_and_reports(tiny_gpt, cpu_bf16, arm
     assert len(summary) == 4
     assert isinstance(report["figure"], Figure) and len(report["figure"].axes) == 4
     assert report["settings"]["amp_dtype"] == "bf16" and report["settings"]["timing_warmup_steps"] == 1
+    assert report["settings"]["compile"] is False
+    # Each arm's steady-state throughput; no MFU on a CPU.
+    assert report["fp32_tokens_per_second"] == fp32["throughput"]["tokens_per_second"] > 0
+    assert report["amp_tokens_per_second"] == bf16["throughput"]["tokens_per_second"] > 0
+    assert report["fp32_mfu"] is None and report["amp_mfu"] is None
 
 
 def test_without_reduced_precision_it_skips_and_runs_nothing(tiny_gpt, cpu_bf16, no_arm_may_run):

@@ -276,3 +276,26 @@ def test_dataset_items_longer_than_seq_len_are_an_error_not_a_silent_cut():
     )
     with pytest.raises(ValueError, match="24 tokens, more than seq_len=16"):
         next(iter(loader))
+
+
+def test_ranks_together_see_what_one_process_sees_with_the_bigger_batch():
+    """N ranks with batch B give, step by step, the rows one process gets with N * B (DDP equivalence)."""
+    dataset = data.SequenceDataset([torch.full((3,), i) for i in range(12)])
+    make = lambda batch, rank, world: data.make_loader(  # noqa: E731
+        dataset, batch, shuffle=True, seed=5, pad_token_id=0, rank=rank, world_size=world
+    )
+    for epoch in (0, 1):
+        single, ranks = make(4, 0, 1), [make(2, r, 2) for r in range(2)]
+        for loader in (single, *ranks):
+            loader.sampler.set_epoch(epoch)
+        one = [sorted(b["input_ids"][:, 0].tolist()) for b in single]
+        two = [sorted(a["input_ids"][:, 0].tolist() + b["input_ids"][:, 0].tolist()) for a, b in zip(*ranks)]
+        assert one == two
+    assert one != [sorted(b["input_ids"][:, 0].tolist()) for b in make(4, 0, 1)]  # set_epoch(1) reshuffled
+
+
+def test_unshuffled_rank_shards_cover_every_item_once_without_padding():
+    dataset = data.SequenceDataset([torch.full((3,), i) for i in range(5)])
+    shards = [data.make_loader(dataset, 2, shuffle=False, seed=0, pad_token_id=0, rank=r, world_size=2) for r in range(2)]
+    seen = [[row[0] for b in loader for row in b["input_ids"].tolist()] for loader in shards]
+    assert seen == [[0, 2, 4], [1, 3]]

@@ -22,9 +22,9 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 
 from utils import tier3_training_utilities as tier3
+from utils.training import flops
 from utils.training.amp_utils import AmpWandbCallback
 from utils.training.losses import next_token_loss_sums
-from utils.training.metrics_tracker import MetricsTracker
 from utils.training.optim import build_lr_scheduler
 
 SEQ_LEN = 16
@@ -112,6 +112,7 @@ def test_results_have_documented_keys_and_types(tiny_gpt):
         "samples_per_second", "metrics_summary", "best_epoch", "amp_enabled", "final_loss_scale",
         "tokens_per_second", "precision", "skipped_steps", "loss_scale_history", "val_loss", "val_accuracy",
         "figure", "lr_history", "step_history", "step_times_s", "optimizer_steps", "device",
+        "world_size", "compiled", "mfu", "throughput",
     }  # fmt: skip
     assert documented <= set(results)
     assert results["optimizer_steps"] == 5
@@ -137,6 +138,56 @@ def test_results_have_documented_keys_and_types(tiny_gpt):
     assert results["training_time_seconds"] > 0 and results["samples_per_second"] > 0
     # Built-in corpus blocks have no padding: every sample is seq_len tokens.
     assert results["tokens_per_second"] / results["samples_per_second"] == pytest.approx(SEQ_LEN)
+    assert (results["world_size"], results["compiled"]) == (1, False)
+
+
+def test_throughput_leaves_out_warm_up_steps_and_cpu_has_no_mfu(tiny_gpt):
+    model, config = tiny_gpt
+    results = _train(model, config, max_steps=6, batch_size=2)
+    t = results["throughput"]
+    skip = tier3.THROUGHPUT_WARMUP_STEPS
+    assert (t["warmup_steps_excluded"], t["timed_steps"]) == (skip, 6 - skip)
+    timed_tokens = (6 - skip) * 2 * SEQ_LEN  # full blocks: batch x seq_len tokens per step
+    assert t["tokens_per_second"] == pytest.approx(timed_tokens / sum(results["step_times_s"][skip:]))
+    assert t["flops_per_token"] == tier3.model_flops_per_token(model, config, SEQ_LEN).flops
+    assert t["achieved_tflops_per_device"] == pytest.approx(t["tokens_per_second"] * t["flops_per_token"] / 1e12)
+    # No datasheet peak for a CPU: tokens/s are reported, MFU is left empty, and the note says why.
+    assert results["mfu"] is None and t["mfu"] is None and t["peak_tflops_per_device"] is None
+    assert "no datasheet peak for cpu" in t["peak_note"]
+
+
+def test_mfu_uses_the_detected_gpus_peak(tiny_gpt, monkeypatch):
+    """The arithmetic, with the peak lookup patched to an H100's bf16 figure (no GPU here)."""
+    monkeypatch.setattr(tier3, "peak_tflops", lambda device, precision, tf32: flops.PeakFlops(989.5, "H100 SXM", "bf16", "patched"))
+    model, config = tiny_gpt
+    t = _train(model, config, max_steps=5)["throughput"]
+    assert t["mfu"] == pytest.approx(t["tokens_per_second"] * t["flops_per_token"] / 989.5e12)
+
+
+def test_compile_trains_through_torch_compile_with_the_same_losses(tiny_gpt):
+    """The 'eager' backend runs dynamo's real capture and guards without code generation, so it is quick."""
+    model, config = tiny_gpt
+    initial = copy.deepcopy(model.state_dict())
+    eager = _train(model, config, max_steps=4)
+    model.load_state_dict(initial)
+    torch._dynamo.reset()
+    compiled = _train(model, config, max_steps=4, compile={"backend": "eager"})
+    assert compiled["compiled"] is True and eager["compiled"] is False
+    torch.testing.assert_close(compiled["loss_history"], eager["loss_history"], rtol=1e-5, atol=1e-6)
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-5)
+    assert list(model.state_dict()) == list(initial)  # the user's model is not replaced by the wrapper
+
+
+@pytest.mark.slow
+def test_compile_true_uses_inductor_and_learns(tiny_gpt):
+    """compile=True: the default inductor backend generates C++ here (about half a minute on 2 cores)."""
+    model, config = tiny_gpt
+    torch._dynamo.reset()
+    results = _train(model, config, max_steps=8, compile=True, learning_rate=1e-2)
+    assert results["compiled"] is True
+    assert results["final_loss"] < results["initial_loss"]
+    # Compilation happens in the first step, which the throughput figures leave out.
+    assert results["step_times_s"][0] > 5 * max(results["step_times_s"][tier3.THROUGHPUT_WARMUP_STEPS:])
 
 
 def test_it_learns_on_the_default_corpus(tiny_gpt):
@@ -536,6 +587,7 @@ BAD_ARGUMENTS = [
     (dict(use_amp=True, precision="fp32"), ValueError, r"use_amp=True.*precision='fp32'", True),
     (dict(callbacks=[object()]), TypeError, "callback", True),
     (dict(callbacks="on_log"), TypeError, "callbacks", True),
+    (dict(compile="yes"), TypeError, "compile must be True, False or a dict of torch.compile arguments", True),
     (dict(seq_len=64), ValueError, "seq_len=64 exceeds config max_seq_len=32", False),
     (dict(warmup_steps=10, max_steps=4), ValueError, "warmup_steps=10 exceeds the 4", False),
 ]
@@ -734,7 +786,7 @@ def test_validate_settings_accepts_optional_nones():
 def _env(model, config, train, val, **overrides):
     return tier3._setup_training_environment(
         model, config, train, val, _settings(**overrides), precision="fp32", use_amp=False, device="cpu",
-        callbacks=[], tracker=MetricsTracker(),
+        callbacks=[],
     )  # fmt: skip
 
 

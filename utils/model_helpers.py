@@ -111,12 +111,15 @@ def forward_accepts(model: nn.Module, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def make_forward_fn(model: nn.Module) -> ForwardFn:
+def make_forward_fn(model: nn.Module, call: Callable[..., Any] | None = None) -> ForwardFn:
     """Decide once how to call ``model`` with ``input_ids`` (and ``attention_mask``).
 
     Returns ``forward(input_ids, attention_mask)``. The mask is passed only
     when the model's forward accepts it and a batch really has padding.
+    ``call`` is what to invoke instead of ``model`` itself, such as its DDP
+    or ``torch.compile`` wrapper, whose own signature is just ``*args, **kwargs``.
     """
+    call = model if call is None else call
     params = _forward_parameters(model)
     takes_var_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     accepts_mask = forward_accepts(model, "attention_mask")
@@ -131,8 +134,8 @@ def make_forward_fn(model: nn.Module) -> ForwardFn:
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
         kwargs = {"attention_mask": attention_mask} if accepts_mask and attention_mask is not None else {}
         if not positional and (keyword or takes_var_kwargs):
-            return model(input_ids=input_ids, **kwargs)
-        return model(input_ids, **kwargs)
+            return call(input_ids=input_ids, **kwargs)
+        return call(input_ids, **kwargs)
 
     return forward
 

@@ -33,17 +33,30 @@ from utils.model_helpers import (
     get_config_value,
     make_forward_fn,
     model_mode,
-    resolve_device,
     validate_model,
 )
 from utils.training.amp_utils import PrecisionPlan, resolve_precision, validate_precision_args
 from utils.training.data import DEFAULT_CORPUS_BYTES, make_loader, prepare_lm_data
+from utils.training.distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    all_reduce_sum,
+    gradient_sync,
+    setup_distributed,
+    sum_host_values,
+    wrap_data_parallel,
+)
+from utils.training.flops import FlopsPerToken, compute_mfu, model_flops_per_token, peak_tflops, tf32_enabled
 from utils.training.losses import next_token_loss_sums
 from utils.training.metrics_tracker import MetricsTracker
 from utils.training.optim import build_lr_scheduler, build_optimizer
 from utils.training.timing import StepTimer
 
 CALLBACK_HOOKS = ("on_train_begin", "on_log", "on_epoch_end", "on_train_end")
+
+# Optimizer steps left out of the throughput and MFU figures: the first steps
+# pay for torch.compile, cuDNN/cuBLAS autotuning and the allocator's growth.
+THROUGHPUT_WARMUP_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class TrainingSettings:
     max_corpus_bytes: int
     init_loss_scale: float
     progress: bool
+    compile_options: dict[str, Any] | None = None  # torch.compile keyword arguments; None: eager
 
 
 @dataclass
@@ -78,6 +92,8 @@ class TrainingState:
     optimizer_step: int = 0
     skipped_steps: int = 0
     stop_training: bool = False  # a callback may set this to end training early
+    rank: int = 0  # under torchrun, this process's rank (callbacks may act on rank 0 only)
+    world_size: int = 1
 
 
 @dataclass
@@ -86,8 +102,12 @@ class TrainingEnvironment:
 
     settings: TrainingSettings
     model: nn.Module
-    forward: Any
+    train_module: nn.Module  # the model, or its DistributedDataParallel wrapper
+    forward: Any  # calls train_module (compiled when asked)
+    eval_forward: Any
     device: torch.device
+    dist: DistributedContext
+    flops: FlopsPerToken
     plan: PrecisionPlan
     scaler: torch.amp.GradScaler | None
     optimizer: torch.optim.Optimizer
@@ -104,6 +124,7 @@ class TrainingEnvironment:
     step_losses: list[torch.Tensor] = field(default_factory=list)
     step_grad_norms: list[torch.Tensor] = field(default_factory=list)
     step_loss_scales: list[torch.Tensor] = field(default_factory=list)
+    step_tokens: list[int] = field(default_factory=list)  # host ints, from the collate
     history: dict[str, list[float]] = field(
         default_factory=lambda: {"loss": [], "grad_norm": [], "loss_scale": [], "lr": []}
     )
@@ -140,6 +161,7 @@ def test_fine_tuning(
     init_loss_scale: float = 2.0**16,
     wandb_project: str = "utils-transformer-tests",
     progress: bool = True,
+    compile: bool | dict[str, Any] = False,
     _wandb_prefix: str = "",
 ) -> dict[str, Any]:
     """Train ``model`` as a next-token language model and report how it learned.
@@ -178,6 +200,16 @@ def test_fine_tuning(
         init_loss_scale: the GradScaler's starting scale (fp16 only).
         wandb_project: W&B project for a run started here.
         progress: show a tqdm progress bar.
+        compile: ``True`` to train through ``torch.compile(model)``, or a dict
+            of ``torch.compile`` keyword arguments (``{"mode": "max-autotune"}``).
+            The first steps then include compilation; throughput and MFU
+            leave them out.
+
+    Under ``torchrun --nproc_per_node=N`` the same call trains with
+    DistributedDataParallel: ``batch_size`` is per rank, each rank reads its
+    share of every epoch, gradients are all-reduced once per optimizer step,
+    the reported metrics are over all ranks, and only rank 0 shows progress
+    and logs to W&B.
 
     Returns:
         A dict: ``loss_history``, ``grad_norm_history``, ``loss_scale_history``
@@ -189,7 +221,11 @@ def test_fine_tuning(
         validation), ``step_times_s``, ``samples_per_second``,
         ``tokens_per_second``, ``amp_enabled``, ``precision``,
         ``skipped_steps``, ``final_loss_scale``, ``optimizer_steps``,
-        ``device`` and ``figure``.
+        ``device``, ``world_size``, ``compiled``, ``mfu`` (a fraction, None on
+        CPU or an unknown GPU), ``throughput`` (steady-state tokens/s after
+        the first steps, FLOPs per token, achieved and peak TFLOP/s, MFU and
+        how each was found) and ``figure``. ``samples_per_second`` and
+        ``tokens_per_second`` are over all ranks and every training step.
 
     Raises:
         TypeError, ValueError: on bad arguments, before any work starts.
@@ -200,16 +236,16 @@ def test_fine_tuning(
         gradient_accumulation_steps=gradient_accumulation_steps, max_steps=max_steps,
         warmup_steps=warmup_steps, grad_clip=grad_clip, weight_decay=weight_decay, log_every=log_every,
         seed=seed, seq_len=seq_len, max_val_batches=max_val_batches, max_corpus_bytes=max_corpus_bytes,
-        init_loss_scale=init_loss_scale, progress=progress,
+        init_loss_scale=init_loss_scale, progress=progress, compile_options=_compile_options(compile),
     )  # fmt: skip
     validate_precision_args(precision, use_amp)
     _validate_callbacks(callbacks)
     env = _setup_training_environment(
         model, config, train_data, val_data, settings,
         precision=precision, use_amp=use_amp, device=device, callbacks=callbacks,
-        tracker=MetricsTracker(use_wandb=use_wandb, wandb_prefix=_wandb_prefix),
+        use_wandb=use_wandb, wandb_prefix=_wandb_prefix,
     )  # fmt: skip
-    owned_run = _start_wandb_run(env, config, wandb_project) if use_wandb else None
+    owned_run = _start_wandb_run(env, config, wandb_project) if env.tracker.use_wandb else None
     try:
         _notify(env, "on_train_begin", env.state)
         for epoch in range(settings.n_epochs):
@@ -258,6 +294,20 @@ def _validate_settings(**values: Any) -> TrainingSettings:
     return TrainingSettings(**values)
 
 
+def _compile_options(compile: Any) -> dict[str, Any] | None:
+    """``compile=`` as ``torch.compile`` keyword arguments, or None for eager."""
+    if compile is False:
+        return None
+    if compile is True:
+        return {}
+    if isinstance(compile, dict):
+        return dict(compile)
+    raise TypeError(
+        f"compile must be True, False or a dict of torch.compile arguments (e.g. {{'mode': 'max-autotune'}}), "
+        f"got {compile!r}"
+    )
+
+
 def _validate_callbacks(callbacks: Sequence[Any]) -> None:
     if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Iterable):
         raise TypeError(f"callbacks must be a list of callback objects, got {type(callbacks).__name__}")
@@ -284,21 +334,32 @@ def _setup_training_environment(
     use_amp: bool | None,
     device: Any,
     callbacks: Sequence[Any],
-    tracker: MetricsTracker,
+    use_wandb: bool = False,
+    wandb_prefix: str = "",
 ) -> TrainingEnvironment:
-    """Resolve device and precision, build data, optimizer and schedule, and probe the model once."""
-    device = resolve_device(device)
+    """Resolve ranks, device and precision, build data, optimizer and schedule, and probe the model once."""
+    ctx, device = setup_distributed(device)
     plan = resolve_precision(precision, use_amp, device)
     model.to(device)
     vocab_size, seq_len, pad_id = _read_model_sizes(model, config, settings)
     data = prepare_lm_data(
         train_data, val_data, vocab_size=vocab_size, seq_len=seq_len, max_corpus_bytes=settings.max_corpus_bytes
     )
-    loader_args = dict(pad_token_id=pad_id, vocab_size=vocab_size, max_len=seq_len, pin_memory=device.type == "cuda")
+    loader_args = dict(
+        pad_token_id=pad_id, vocab_size=vocab_size, max_len=seq_len, pin_memory=device.type == "cuda",
+        rank=ctx.rank, world_size=ctx.world_size,
+    )  # fmt: skip
     train_loader = make_loader(data.train, settings.batch_size, shuffle=True, seed=settings.seed, **loader_args)
     val_loader = make_loader(data.val, settings.batch_size, shuffle=False, seed=settings.seed, **loader_args)
-    forward = make_forward_fn(model)
-    _probe_model(forward, model, next(iter(val_loader)), device, vocab_size)
+    if len(val_loader) == 0:
+        raise ValueError(
+            f"the validation data has {len(data.val)} sequences, fewer than the {ctx.world_size} ranks; "
+            "pass more val_data or run on fewer processes"
+        )
+    eager_forward = make_forward_fn(model)
+    _probe_model(eager_forward, model, next(iter(val_loader)), device, vocab_size)
+    train_module = wrap_data_parallel(model, ctx, device)
+    forward = _compiled_forward(model, train_module, settings.compile_options)
 
     steps_per_epoch = math.ceil(len(train_loader) / settings.gradient_accumulation_steps)
     total_steps = steps_per_epoch * settings.n_epochs
@@ -309,18 +370,36 @@ def _setup_training_environment(
         raise ValueError(f"warmup_steps={warmup} exceeds the {total_steps} optimizer steps this run will take")
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
     scheduler = build_lr_scheduler(optimizer, warmup, total_steps)
-    seed_everything(settings.seed)  # after setup, so dropout sees the same stream every run
+    # After setup, so dropout sees the same stream every run; offset per rank so that
+    # ranks drop different units (DDP has already made their weights equal).
+    seed_everything(settings.seed + ctx.rank)
     env = TrainingEnvironment(
-        settings=settings, model=model, forward=forward, device=device, plan=plan,
+        settings=settings, model=model, train_module=train_module, forward=forward,
+        # Under DDP, validate through the plain model: ranks may run different batch counts.
+        eval_forward=eager_forward if ctx.enabled else forward, device=device, dist=ctx,
+        flops=model_flops_per_token(model, config, seq_len), plan=plan,
         scaler=plan.make_scaler(settings.init_loss_scale), optimizer=optimizer, scheduler=scheduler,
-        train_loader=train_loader, val_loader=val_loader, total_steps=total_steps, tracker=tracker,
-        timer=StepTimer(device), callbacks=list(callbacks), state=TrainingState(model, plan, optimizer),
+        train_loader=train_loader, val_loader=val_loader, total_steps=total_steps,
+        tracker=MetricsTracker(use_wandb=use_wandb and ctx.is_main, wandb_prefix=wandb_prefix),
+        timer=StepTimer(device), callbacks=list(callbacks),
+        state=TrainingState(model, plan, optimizer, rank=ctx.rank, world_size=ctx.world_size),
         data_source=data.source,
     )  # fmt: skip
     # The scaler skips optimizer.step() on inf/NaN grads; this hook tells us, with no sync.
     optimizer.register_step_post_hook(lambda *_: setattr(env, "last_step_stepped", True))
-    env.pbar = _make_progress_bar(total_steps, settings.progress, plan)
+    env.pbar = _make_progress_bar(total_steps, settings.progress and ctx.is_main, plan)
     return env
+
+
+def _compiled_forward(model: nn.Module, train_module: nn.Module, compile_options: dict[str, Any] | None) -> Any:
+    """The training forward: through ``torch.compile(train_module)`` when asked, else eager."""
+    if compile_options is None:
+        return make_forward_fn(model, call=train_module)
+    try:
+        compiled = torch.compile(train_module, **compile_options)
+    except (TypeError, RuntimeError) as err:
+        raise ValueError(f"torch.compile rejected compile={compile_options!r}: {err}") from err
+    return make_forward_fn(model, call=compiled)
 
 
 def _read_model_sizes(model: nn.Module, config: Any, settings: TrainingSettings) -> tuple[int, int, int]:
@@ -433,14 +512,16 @@ def _training_step(
         this micro-batch does not end a group). All stay on the device.
     """
     input_ids, labels, mask = _to_device(batch, env.device)
-    with env.plan.autocast():
-        logits = extract_logits(env.forward(input_ids, mask))
-        loss_sum, n_correct = next_token_loss_sums(logits, labels)
-        loss = loss_sum / group_targets
-    if env.scaler is not None:
-        env.scaler.scale(loss).backward()
-    else:
-        loss.backward()
+    # Under DDP, gradients are all-reduced only on the group's last micro-batch.
+    with gradient_sync(env.train_module, sync=update):
+        with env.plan.autocast():
+            logits = extract_logits(env.forward(input_ids, mask))
+            loss_sum, n_correct = next_token_loss_sums(logits, labels)
+            loss = loss_sum / group_targets
+        if env.scaler is not None:
+            env.scaler.scale(loss).backward()
+        else:
+            loss.backward()
     grad_norm = _optimizer_update(env) if update else None
     return loss.detach(), n_correct, grad_norm
 
@@ -463,7 +544,8 @@ def _optimizer_update(env: TrainingEnvironment) -> torch.Tensor:
 
 def _run_training_epoch(env: TrainingEnvironment) -> dict[str, float]:
     """One pass over the training data (or until ``max_steps``). Returns the epoch's train metrics."""
-    env.model.train()
+    env.train_module.train()
+    env.train_loader.sampler.set_epoch(env.state.epoch)  # a new order each epoch, the same on every rank
     loss_sum = torch.zeros((), device=env.device)
     correct = torch.zeros((), dtype=torch.long, device=env.device)
     n_targets = n_groups = 0
@@ -481,15 +563,22 @@ def _run_training_epoch(env: TrainingEnvironment) -> dict[str, float]:
             env.samples_seen += batch["input_ids"].size(0)
             env.tokens_seen += batch["n_tokens"]
         env.timer.mark()
+        env.step_tokens.append(sum(b["n_tokens"] for b in group))
         _finish_optimizer_step(env, step_loss, grad_norm)
         loss_sum += step_loss * group_targets
         n_targets += group_targets
         n_groups += 1
     env.timer.stop()
     _drain_step_history(env, first_step)
-    # One deliberate sync per epoch to read the running sums.
-    loss_total, correct_total = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
-    return {"train/loss": loss_total / max(1, n_targets), "train/accuracy": correct_total / max(1, n_targets)}
+    loss, accuracy = _read_totals(env, loss_sum, correct, n_targets)
+    return {"train/loss": loss, "train/accuracy": accuracy}
+
+
+def _read_totals(env: TrainingEnvironment, loss_sum: torch.Tensor, correct: torch.Tensor, n_targets: int) -> tuple[float, float]:
+    """Mean loss and accuracy over all ranks' targets: one collective and one deliberate sync."""
+    totals = torch.stack([loss_sum, correct.to(loss_sum.dtype), loss_sum.new_tensor(n_targets)])
+    loss_total, correct_total, targets = all_reduce_sum(totals, env.dist).tolist()
+    return loss_total / max(1.0, targets), correct_total / max(1.0, targets)
 
 
 def _finish_optimizer_step(env: TrainingEnvironment, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
@@ -520,7 +609,8 @@ def _log_window(env: TrainingEnvironment) -> None:
     finite = torch.isfinite(norms)
     mean_norm = torch.where(finite, norms, 0).sum() / finite.sum().clamp(min=1)
     values = [losses.mean(), mean_norm] + ([env.step_loss_scales[-1]] if env.step_loss_scales else [])
-    read = torch.stack([v.float() for v in values]).tolist()
+    # Grad norm and loss scale agree on every rank after DDP's all-reduce; the loss is each rank's own.
+    read = all_reduce_mean(torch.stack([v.float() for v in values]), env.dist).tolist()
     row = {
         "train/step": env.state.optimizer_step,
         "epoch": env.state.epoch,
@@ -545,29 +635,32 @@ def _drain_step_history(env: TrainingEnvironment, first_step: int) -> None:
         ("loss_scale", env.step_loss_scales[new]),
     ):
         if values:
-            env.history[key].extend(torch.stack(values).float().tolist())
+            stacked = torch.stack(values).float()
+            if key == "loss":
+                stacked = all_reduce_mean(stacked, env.dist)  # each rank's loss is over its own batch
+            env.history[key].extend(stacked.tolist())
 
 
 @torch.no_grad()
 def _run_validation_epoch(env: TrainingEnvironment) -> dict[str, float]:
     """Mean next-token loss and accuracy on the validation data, under the same autocast."""
-    env.model.eval()
+    env.train_module.eval()
     loss_sum = torch.zeros((), device=env.device)
     correct = torch.zeros((), dtype=torch.long, device=env.device)
     n_targets = 0
     for i, batch in enumerate(env.val_loader):
         if env.settings.max_val_batches is not None and i >= env.settings.max_val_batches:
-            break
+            break  # per rank: under DDP, up to max_val_batches on each
         input_ids, labels, mask = _to_device(batch, env.device)
         with env.plan.autocast():
-            batch_loss, batch_correct = next_token_loss_sums(extract_logits(env.forward(input_ids, mask)), labels)
+            logits = extract_logits(env.eval_forward(input_ids, mask))
+            batch_loss, batch_correct = next_token_loss_sums(logits, labels)
         loss_sum += batch_loss
         correct += batch_correct
         n_targets += batch["n_targets"]
-    env.model.train()
-    loss_total, correct_total = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()  # one sync
-    n = max(1, n_targets)
-    return {"val/loss": loss_total / n, "val/accuracy": correct_total / n}
+    env.train_module.train()
+    loss, accuracy = _read_totals(env, loss_sum, correct, n_targets)
+    return {"val/loss": loss, "val/accuracy": accuracy}
 
 
 def _current_lr(env: TrainingEnvironment) -> float:
@@ -581,6 +674,7 @@ def _collect_results(env: TrainingEnvironment) -> dict[str, Any]:
     """Assemble the results dict from the tracker, the histories and the timer."""
     step_times = env.timer.step_times_s()
     train_time_s = sum(step_times)
+    throughput = _measure_throughput(env, step_times)
     epochs = env.tracker.get_summary()
     steps = env.tracker.get_step_history()
     last = env.tracker.epoch_rows[-1] if env.tracker.epoch_rows else {}
@@ -601,8 +695,10 @@ def _collect_results(env: TrainingEnvironment) -> dict[str, Any]:
         "step_history": steps,
         "training_time_seconds": train_time_s,
         "step_times_s": step_times,
-        "samples_per_second": env.samples_seen / train_time_s if train_time_s else None,
-        "tokens_per_second": env.tokens_seen / train_time_s if train_time_s else None,
+        "samples_per_second": throughput.pop("samples_seen") / train_time_s if train_time_s else None,
+        "tokens_per_second": throughput.pop("tokens_seen") / train_time_s if train_time_s else None,
+        "mfu": throughput["mfu"],
+        "throughput": throughput,
         "amp_enabled": env.plan.amp_enabled,
         "precision": env.plan.name,
         "precision_reason": env.plan.reason,
@@ -610,9 +706,40 @@ def _collect_results(env: TrainingEnvironment) -> dict[str, Any]:
         "final_loss_scale": scales[-1] if scales else None,
         "optimizer_steps": env.state.optimizer_step,
         "device": str(env.device),
+        "world_size": env.dist.world_size,
+        "compiled": env.settings.compile_options is not None,
         "parameters": count_parameters(env.model)["total"],
         "data_source": env.data_source,
         "figure": _create_training_visualization(epochs, steps, env.history, env.plan),
+    }
+
+
+def _measure_throughput(env: TrainingEnvironment, step_times: list[float]) -> dict[str, Any]:
+    """Steady-state tokens/s over all ranks (first steps left out), FLOPs per token and MFU.
+
+    Rank 0's clock times the steps; tokens are summed over ranks, once, here.
+    """
+    skip = min(THROUGHPUT_WARMUP_STEPS, max(0, len(step_times) - 1))
+    timed_s = sum(step_times[skip:])
+    samples, tokens, timed_tokens = sum_host_values(
+        [env.samples_seen, env.tokens_seen, sum(env.step_tokens[skip:])], env.dist, env.device
+    )
+    tokens_per_s = timed_tokens / timed_s if timed_s else None
+    peak = peak_tflops(env.device, env.plan.name, tf32=tf32_enabled())
+    achieved = tokens_per_s * env.flops.flops / 1e12 if tokens_per_s else None
+    return {
+        "samples_seen": samples,
+        "tokens_seen": tokens,
+        "tokens_per_second": tokens_per_s,
+        "timed_steps": len(step_times) - skip,
+        "warmup_steps_excluded": skip,
+        "flops_per_token": env.flops.flops,
+        "flops_note": env.flops.note,
+        "achieved_tflops_per_device": achieved / env.dist.world_size if achieved is not None else None,
+        "peak_tflops_per_device": peak.tflops,
+        "peak_note": peak.note,
+        "mfu": compute_mfu(tokens_per_s, env.flops.flops, peak.tflops, env.dist.world_size),
+        "world_size": env.dist.world_size,
     }
 
 

@@ -79,7 +79,8 @@ def test_amp_speedup_benchmark(
         ``amp_step_time_ms``, ``speedup``, ``fp32_memory_mb``,
         ``amp_memory_mb``, ``memory_reduction_pct`` (None on CPU, where no
         allocator peak exists), ``fp32_accuracy``, ``amp_accuracy``,
-        ``accuracy_diff``, ``loss_diff``, ``amp_precision``, ``device``,
+        ``accuracy_diff``, ``loss_diff``, each arm's steady-state
+        ``*_tokens_per_second`` and ``*_mfu`` (None on CPU), ``amp_precision``, ``device``,
         ``requirements_met``, ``notes``, ``settings``, ``summary``
         (DataFrame) and ``figure``. When no reduced precision exists on the
         device, ``status`` is 'skipped' and ``notes`` says why.
@@ -198,6 +199,10 @@ def _compare_arms(
         "timed_steps": len(fp32_times),
         "amp_precision": amp_name,
         "amp_skipped_steps": amp["skipped_steps"],
+        "fp32_tokens_per_second": fp32["throughput"]["tokens_per_second"],
+        "amp_tokens_per_second": amp["throughput"]["tokens_per_second"],
+        "fp32_mfu": fp32["mfu"],
+        "amp_mfu": amp["mfu"],
         "device": device_name(device),
         "requirements_met": met,
         "notes": _notes(device, amp_name, memory_reduction),
@@ -239,7 +244,7 @@ def _record_settings(device: torch.device, allow_tf32: bool, amp_name: str, warm
         "torch": torch.__version__,
         "amp_dtype": amp_name,
         "tf32": allow_tf32 if device.type == "cuda" else None,
-        "compile": False,
+        "compile": arm_args.get("compile", False),
         "timing_warmup_steps": warmup,
         "batch_size": arm_args["batch_size"],
         "max_steps": arm_args["max_steps"],

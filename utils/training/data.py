@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 IGNORE_INDEX = -100  # label value that the loss and accuracy skip
 DEFAULT_CORPUS_BYTES = 1_000_000
@@ -300,17 +300,27 @@ def make_loader(
     vocab_size: int | None = None,
     max_len: int | None = None,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """A DataLoader whose order depends only on ``seed`` (single process, seeded generator).
+    """A DataLoader whose order depends only on ``seed`` and the epoch, and this rank's share of it.
 
-    Items longer than ``max_len`` are an error, never silently cut.
+    Shuffled loaders use a ``DistributedSampler`` in every run, a single
+    process included (as rank 0 of 1): each epoch's order is
+    ``randperm(seed + epoch)``, so call ``loader.sampler.set_epoch(epoch)``.
+    Then N ranks with ``batch_size`` B each see, step by step, exactly the
+    samples one process sees with ``N * B``. Unshuffled loaders give rank r
+    the items r, r + N, ... with no padding, so sums over ranks count every
+    item once. Items longer than ``max_len`` are an error, never silently cut.
     """
-    generator = torch.Generator().manual_seed(seed)
+    if shuffle:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    else:
+        sampler = range(rank, len(dataset), world_size) if world_size > 1 else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
+        sampler=sampler,
         collate_fn=lambda items: collate_lm_batch(items, pad_token_id, vocab_size, max_len),
         pin_memory=pin_memory,
     )

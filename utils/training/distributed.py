@@ -1,0 +1,131 @@
+"""Data-parallel training under torchrun: one process per device, DDP, side effects on rank 0.
+
+``torchrun --nproc_per_node=N script.py`` sets ``RANK``, ``LOCAL_RANK`` and
+``WORLD_SIZE`` for each process. ``setup_distributed`` reads them, joins (or
+reuses) the process group, and picks this rank's device. In a plain
+``python`` run, it returns a single-process context and nothing changes.
+
+Example:
+    >>> ctx, device = setup_distributed("auto")
+    >>> ctx.world_size, ctx.is_main
+    (1, True)
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import inspect
+import os
+from dataclasses import dataclass
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from utils.model_helpers import resolve_device
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits in a data-parallel run (a single process is rank 0 of 1)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 does the logging, W&B, progress bars and file writing."""
+        return self.rank == 0
+
+
+def launched_world_size() -> int:
+    """The number of processes torchrun started (1 outside torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup_distributed(device: str | torch.device | None = "auto") -> tuple[DistributedContext, torch.device]:
+    """Join the process group torchrun describes, and choose this rank's device.
+
+    Under torchrun, 'auto' and 'cuda' mean ``cuda:LOCAL_RANK`` (NCCL), and
+    'cpu' means CPU with gloo. The group is created once per process, reused
+    if the caller already made one, and destroyed at exit.
+
+    Raises:
+        ValueError: when a fixed GPU index is asked for under torchrun, where
+            each rank must use its own GPU.
+    """
+    world_size = launched_world_size()
+    if world_size == 1:
+        return DistributedContext(), resolve_device(device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        if resolved.index is not None and resolved.index != local_rank:
+            raise ValueError(
+                f"device={device!r} under torchrun: each rank uses its own GPU (cuda:LOCAL_RANK); "
+                "pass device='cuda' or 'auto'"
+            )
+        resolved = torch.device("cuda", local_rank)
+        torch.cuda.set_device(resolved)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
+        atexit.register(_destroy_process_group)
+    return DistributedContext(dist.get_rank(), local_rank, dist.get_world_size()), resolved
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_data_parallel(model: nn.Module, ctx: DistributedContext, device: torch.device) -> nn.Module:
+    """The module to call in training: ``DistributedDataParallel(model)`` under torchrun, else ``model``.
+
+    Buffers are not broadcast on every forward: transformer buffers (masks,
+    rotary tables) are constants, and a broadcast per call would add a
+    collective to validation, where ranks may run different batch counts.
+    """
+    if not ctx.enabled:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    ddp_parameters = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    # Newer torch renames the switch (and still syncs buffers once, at init, which is what we want).
+    no_forward_sync = {"forward_sync_buffers" if "forward_sync_buffers" in ddp_parameters else "broadcast_buffers": False}
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **no_forward_sync)
+
+
+def gradient_sync(module: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """``module.no_sync()`` for micro-batches that do not end an accumulation group, else a no-op.
+
+    Gradients then stay local until the last micro-batch, which all-reduces them once.
+    """
+    if sync or not isinstance(module, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return module.no_sync()
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
+    """Sum ``tensor`` over ranks, in place, and return it (a no-op in a single process)."""
+    if ctx.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
+    """Mean of ``tensor`` over ranks (gloo has no AVG, so sum then divide)."""
+    return all_reduce_sum(tensor, ctx) / ctx.world_size if ctx.enabled else tensor
+
+
+def sum_host_values(values: list[float], ctx: DistributedContext, device: torch.device) -> list[float]:
+    """Sum a few host numbers over ranks: one small collective, for end-of-run totals."""
+    if not ctx.enabled:
+        return list(values)
+    return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=device), ctx).tolist()
+

@@ -61,10 +61,30 @@ def test_main_job_end_to_end_writes_the_report(tmp_path):
     assert (out / "summary.md").read_text().startswith("# utils report: built-in tiny GPT")
 
 
+@pytest.mark.slow
+def test_main_job_under_torchrun_trains_with_ddp_and_rank_0_writes_one_report(tmp_path):
+    out = tmp_path / "report"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "utils",
+         "--max-steps", "6", "--epochs", "1", "--batch-size", "4", "--no-progress", "--device", "cpu",
+         "--precision", "fp32", "--out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # one report, no stray temporary folders
+    results = json.loads((out / "results.json").read_text())
+    fine = results["fine_tuning"]
+    assert fine["world_size"] == 2 and fine["optimizer_steps"] == 6
+    assert set(results) == {"model", "version", "fine_tuning"}  # benchmark and tiers left out under torchrun
+    assert proc.stdout.count("Report written to") == 1
+    assert "DDP fine-tuning only" in proc.stdout
+
+
 def test_help_lists_the_documented_flags():
     proc = subprocess.run([sys.executable, "-m", "utils", "--help"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0
-    for flag in ("--model", "--device", "--precision", "--out", "--quick"):
+    for flag in ("--model", "--device", "--precision", "--out", "--quick", "--compile"):
         assert flag in proc.stdout
 
 

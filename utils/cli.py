@@ -4,6 +4,10 @@ With no arguments it trains the built-in tiny GPT on the Python standard
 library's source with mixed precision, runs the AMP speedup benchmark and
 the Tier 1 and Tier 2 checks, writes a report folder and prints a summary.
 ``--model path/to/file.py:ClassName`` runs the same on your model.
+
+Under ``torchrun --nproc_per_node=N -m utils`` it trains with DDP on N
+processes and rank 0 writes the report; the AMP benchmark and the tiers,
+which are single-device measurements, are left out and the report says so.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from utils import __version__, report
 from utils.model_helpers import detect_vocab_size, resolve_device
 from utils.models import tiny_gpt
 from utils.training.amp_utils import resolve_precision
+from utils.training.distributed import launched_rank, launched_world_size
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     parser.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's max_seq_len)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true", help="train through torch.compile (the first steps compile)")
     parser.add_argument("--no-benchmark", action="store_true", help="skip the FP32 vs AMP benchmark")
     parser.add_argument("--no-tiers", action="store_true", help="skip the Tier 1 and Tier 2 checks")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without an API key)")
@@ -86,8 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         parser.error(str(err))
 
-    print(f"utils {__version__}: {label}, device={args.device}, precision={args.precision}", flush=True)
+    world_size, is_main = launched_world_size(), launched_rank() == 0
+    say = print if is_main else (lambda *a, **k: None)
+    say(f"utils {__version__}: {label}, device={args.device}, precision={args.precision}", flush=True)
+    if world_size > 1:
+        say(f"torchrun with {world_size} processes: DDP fine-tuning only; the AMP benchmark and the "
+            "Tier 1/2 checks are single-device measurements, run them without torchrun", flush=True)  # fmt: skip
+        args.no_benchmark = args.no_tiers = True
     sections = _run_all(model, config, args, profile)
+    if not is_main:
+        return 0  # rank 0 writes the report
     summary_rows = _summary_rows(sections)
     folder = report.write_report(
         out,
@@ -182,11 +196,13 @@ def _run_fine_tuning(model: nn.Module, config: Any, args: argparse.Namespace, pr
         batch_size=profile.batch_size, use_wandb=args.wandb, use_amp=args.precision == "auto",
         precision=args.precision, device=args.device, max_steps=profile.max_steps, seed=args.seed,
         seq_len=args.seq_len, max_corpus_bytes=profile.max_corpus_bytes,
-        max_val_batches=profile.max_val_batches, progress=not args.no_progress,
+        max_val_batches=profile.max_val_batches, progress=not args.no_progress, compile=args.compile,
     )  # fmt: skip
-    keep = ("precision", "precision_reason", "device", "optimizer_steps", "initial_loss", "final_loss", "val_loss",
-            "val_accuracy", "best_epoch", "training_time_seconds", "samples_per_second", "tokens_per_second",
-            "skipped_steps", "final_loss_scale", "parameters", "data_source", "loss_history")  # fmt: skip
+    keep = ("precision", "precision_reason", "device", "world_size", "compiled", "optimizer_steps", "initial_loss",
+            "final_loss", "val_loss", "val_accuracy", "best_epoch", "training_time_seconds", "samples_per_second",
+            "tokens_per_second", "mfu", "throughput", "skipped_steps", "final_loss_scale", "parameters",
+            "data_source", "loss_history")  # fmt: skip
+    throughput = r["throughput"]
     return {
         "results": {k: r[k] for k in keep},
         "figures": {"training_curves": r["figure"]},
@@ -196,7 +212,8 @@ def _run_fine_tuning(model: nn.Module, config: Any, args: argparse.Namespace, pr
             ("optimizer steps", r["optimizer_steps"]),
             ("train loss first -> last", f"{r['initial_loss']:.3f} -> {r['final_loss']:.3f}"),
             ("val loss / accuracy", f"{r['val_loss']:.3f} / {r['val_accuracy']:.3f}"),
-            ("tokens/s", f"{r['tokens_per_second']:.0f}"),
+            ("tokens/s (steady, all ranks)", _format(throughput["tokens_per_second"], "{:.0f}")),
+            ("MFU", f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else f"n/a: {throughput['peak_note']}"),
             ("skipped steps (fp16)", r["skipped_steps"]),
         ],
     }
@@ -210,7 +227,7 @@ def _run_benchmark(model: nn.Module, config: Any, args: argparse.Namespace, prof
         use_wandb=args.wandb, precision=args.precision if args.precision in ("fp16", "bf16") else "auto",
         device=args.device, max_steps=profile.benchmark_steps, seed=args.seed, seq_len=args.seq_len,
         max_corpus_bytes=profile.max_corpus_bytes, max_val_batches=profile.max_val_batches,
-        progress=not args.no_progress,
+        progress=not args.no_progress, compile=args.compile,
     )  # fmt: skip
     if b["status"] != "ok":
         return {"results": b, "figures": {}, "tables": {}, "summary": [("status", b["notes"][0])]}
@@ -260,3 +277,7 @@ def _summary_rows(sections: dict[str, dict]) -> list[dict[str, Any]]:
 
 def _summary_markdown(label: str, rows: list[dict[str, Any]]) -> str:
     return f"# utils report: {label}\n\n" + report.markdown_table(rows, ["section", "metric", "value"])
+
+
+def _format(value: float | None, spec: str) -> str:
+    return spec.format(value) if value is not None else "n/a"

@@ -50,6 +50,13 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's global rank (0 outside torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup_distributed(device: str | torch.device | None = "auto") -> tuple[DistributedContext, torch.device]:
     """Join the process group torchrun describes, and choose this rank's device.
 

@@ -32,7 +32,7 @@ def text_rows() -> tuple[torch.Tensor, torch.Tensor]:
     return ids[:TRAIN_ROWS], ids[TRAIN_ROWS:]
 
 
-def train(batch_size: int, use_wandb: bool = False) -> dict:
+def train(batch_size: int, use_wandb: bool = False, checkpoint_dir: str | None = None) -> dict:
     """Two epochs with accumulation 2: each optimizer step sees 2 * batch_size * world_size rows."""
     torch.manual_seed(0)
     model, config = tiny_gpt(d_model=32, n_layers=2, n_heads=2, max_seq_len=SEQ_LEN)
@@ -40,7 +40,7 @@ def train(batch_size: int, use_wandb: bool = False) -> dict:
     results = tier3.test_fine_tuning(
         model, config, train_rows, val_rows, n_epochs=2, learning_rate=3e-3, batch_size=batch_size,
         gradient_accumulation_steps=2, precision="fp32", device="cpu", log_every=2, max_val_batches=None,
-        progress=False, use_wandb=use_wandb,
+        progress=False, use_wandb=use_wandb, checkpoint_dir=checkpoint_dir,
     )  # fmt: skip
     keep = ("loss_history", "grad_norm_history", "lr_history", "val_loss", "val_accuracy", "optimizer_steps",
             "world_size", "samples_per_second", "training_time_seconds")  # fmt: skip
@@ -53,6 +53,7 @@ def train(batch_size: int, use_wandb: bool = False) -> dict:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    results = train(batch_size=2, use_wandb="--wandb" in sys.argv)
+    flags = dict(arg.lstrip("-").split("=", 1) if "=" in arg else (arg.lstrip("-"), True) for arg in sys.argv[2:])
+    results = train(batch_size=2, use_wandb="wandb" in flags, checkpoint_dir=flags.get("checkpoint-dir"))
     if torch.distributed.get_rank() == 0:
         Path(sys.argv[1]).write_text(json.dumps(results))

@@ -101,6 +101,7 @@ def test_user_model_from_file(tmp_path, capsys):
     assert results["model"].startswith("build from")
     assert results["fine_tuning"]["optimizer_steps"] == 4
     assert results["fine_tuning"]["precision"] == "fp32"
+    assert results["fine_tuning"]["checkpoint_path"] is None
 
 
 def test_user_model_class_gets_config_from_output_width(tmp_path):
@@ -119,6 +120,8 @@ def test_user_model_class_gets_config_from_output_width(tmp_path):
         (["--device", "cuda:7"], None),
         (["--epochs", "0"], "--epochs must be positive"),
         (["--precision", "fp8"], "invalid choice"),
+        (["--resume", "no/such/last.pt"], "--resume no/such/last.pt: no such checkpoint"),
+        (["--checkpoint-dir", __file__], "is a file; pass a folder"),
     ],
 )
 def test_bad_arguments_fail_before_any_work(argv, message, tmp_path, capsys):

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 import distributed_worker
-from utils.training import distributed
+from utils.training import checkpoint, distributed
 
 WORKER = Path(distributed_worker.__file__)
 
@@ -59,7 +59,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     out = tmp_path / "ddp.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(WORKER), str(out), "--wandb"]  # fmt: skip
+               str(WORKER), str(out), "--wandb", f"--checkpoint-dir={tmp_path / 'ckpt'}"]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     ddp = json.loads(out.read_text())
@@ -78,5 +78,9 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     train_losses = [row["train/loss"] for row in ddp["epochs"]]
     assert train_losses == pytest.approx([row["train/loss"] for row in single["epochs"]], rel=1e-5)
     assert train_losses[1] < train_losses[0]  # it learned
-    # W&B on rank 0 only: one offline run for two processes.
+    # W&B and checkpoints on rank 0 only: one offline run for two processes, one checkpoint file.
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["last.pt"]
+    saved = checkpoint.load_checkpoint(tmp_path / "ckpt")
+    assert saved["epoch"] == 1 and saved["optimizer_step"] == 10
+    assert not any(name.startswith("module.") for name in saved["model"])  # the plain model's keys, not DDP's

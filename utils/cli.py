@@ -28,6 +28,7 @@ import torch.nn as nn
 from utils import __version__, report
 from utils.model_helpers import detect_vocab_size, resolve_device
 from utils.models import tiny_gpt
+from utils.training import checkpoint
 from utils.training.amp_utils import resolve_precision
 from utils.training.distributed import launched_rank, launched_world_size
 
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's max_seq_len)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="train through torch.compile (the first steps compile)")
+    parser.add_argument("--checkpoint-dir", type=Path, help="write last.pt there at each epoch end (rank 0)")
+    parser.add_argument("--resume", type=Path, metavar="CHECKPOINT", help="continue fine-tuning from a last.pt")
     parser.add_argument("--no-benchmark", action="store_true", help="skip the FP32 vs AMP benchmark")
     parser.add_argument("--no-tiers", action="store_true", help="skip the Tier 1 and Tier 2 checks")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without an API key)")
@@ -86,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         profile = _profile_from_args(args)
         out = args.out or Path("reports") / time.strftime("run-%Y%m%d-%H%M%S")
         report.check_report_folder(out, args.overwrite)
+        checkpoint.check_checkpoint_dir(args.checkpoint_dir)
+        if args.resume is not None and not args.resume.exists():
+            raise FileNotFoundError(f"--resume {args.resume}: no such checkpoint file or folder")
         device = resolve_device(args.device)
         resolve_precision(args.precision, use_amp=args.precision == "auto", device=device)
         model, config, label = load_model(args.model, args.seq_len)
@@ -197,11 +203,12 @@ def _run_fine_tuning(model: nn.Module, config: Any, args: argparse.Namespace, pr
         precision=args.precision, device=args.device, max_steps=profile.max_steps, seed=args.seed,
         seq_len=args.seq_len, max_corpus_bytes=profile.max_corpus_bytes,
         max_val_batches=profile.max_val_batches, progress=not args.no_progress, compile=args.compile,
+        checkpoint_dir=args.checkpoint_dir, resume_from=args.resume,
     )  # fmt: skip
     keep = ("precision", "precision_reason", "device", "world_size", "compiled", "optimizer_steps", "initial_loss",
             "final_loss", "val_loss", "val_accuracy", "best_epoch", "training_time_seconds", "samples_per_second",
             "tokens_per_second", "mfu", "throughput", "skipped_steps", "final_loss_scale", "parameters",
-            "data_source", "loss_history")  # fmt: skip
+            "data_source", "checkpoint_path", "loss_history")  # fmt: skip
     throughput = r["throughput"]
     return {
         "results": {k: r[k] for k in keep},

@@ -15,10 +15,12 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import random
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,7 @@ from utils.model_helpers import (
     validate_model,
 )
 from utils.training.amp_utils import PrecisionPlan, resolve_precision, validate_precision_args
+from utils.training import checkpoint as ckpt
 from utils.training.data import DEFAULT_CORPUS_BYTES, make_loader, prepare_lm_data
 from utils.training.distributed import (
     DistributedContext,
@@ -79,6 +82,7 @@ class TrainingSettings:
     init_loss_scale: float
     progress: bool
     compile_options: dict[str, Any] | None = None  # torch.compile keyword arguments; None: eager
+    checkpoint_dir: Path | None = None  # where rank 0 writes last.pt at each epoch end
 
 
 @dataclass
@@ -130,6 +134,7 @@ class TrainingEnvironment:
     )
     samples_seen: int = 0
     tokens_seen: int = 0
+    start_epoch: int = 0  # after the checkpoint's epoch when resuming
     last_step_stepped: bool = False
     pbar: Any = None
 
@@ -162,6 +167,8 @@ def test_fine_tuning(
     wandb_project: str = "utils-transformer-tests",
     progress: bool = True,
     compile: bool | dict[str, Any] = False,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume_from: str | os.PathLike | None = None,
     _wandb_prefix: str = "",
 ) -> dict[str, Any]:
     """Train ``model`` as a next-token language model and report how it learned.
@@ -204,6 +211,13 @@ def test_fine_tuning(
             of ``torch.compile`` keyword arguments (``{"mode": "max-autotune"}``).
             The first steps then include compilation; throughput and MFU
             leave them out.
+        checkpoint_dir: write ``last.pt`` there at each epoch end (model,
+            optimizer, schedule, scaler, histories and RNG states), atomically.
+        resume_from: a checkpoint file (or its folder) to continue from, at
+            the epoch after the one it saved; ``n_epochs`` counts from the
+            start of the original run. With the same settings, the resumed run
+            continues exactly as the uninterrupted one would have (on one
+            process; under DDP the data order is exact and dropout is re-seeded).
 
     Under ``torchrun --nproc_per_node=N`` the same call trains with
     DistributedDataParallel: ``batch_size`` is per rank, each rank reads its
@@ -237,23 +251,27 @@ def test_fine_tuning(
         warmup_steps=warmup_steps, grad_clip=grad_clip, weight_decay=weight_decay, log_every=log_every,
         seed=seed, seq_len=seq_len, max_val_batches=max_val_batches, max_corpus_bytes=max_corpus_bytes,
         init_loss_scale=init_loss_scale, progress=progress, compile_options=_compile_options(compile),
+        checkpoint_dir=ckpt.check_checkpoint_dir(checkpoint_dir),
     )  # fmt: skip
     validate_precision_args(precision, use_amp)
     _validate_callbacks(callbacks)
+    resume = _load_resume_checkpoint(resume_from, settings)
     env = _setup_training_environment(
         model, config, train_data, val_data, settings,
         precision=precision, use_amp=use_amp, device=device, callbacks=callbacks,
-        use_wandb=use_wandb, wandb_prefix=_wandb_prefix,
+        use_wandb=use_wandb, wandb_prefix=_wandb_prefix, resume=resume,
     )  # fmt: skip
     owned_run = _start_wandb_run(env, config, wandb_project) if env.tracker.use_wandb else None
     try:
         _notify(env, "on_train_begin", env.state)
-        for epoch in range(settings.n_epochs):
+        for epoch in range(env.start_epoch, settings.n_epochs):
             env.state.epoch = epoch
             train_metrics = _run_training_epoch(env)
             val_metrics = _run_validation_epoch(env)
             row = env.tracker.log_epoch(epoch, train_metrics, val_metrics, learning_rate=_current_lr(env))
             _notify(env, "on_epoch_end", env.state, row)
+            if settings.checkpoint_dir is not None:
+                _save_checkpoint(env)
             if env.state.stop_training or env.state.optimizer_step >= env.total_steps:
                 break
         results = _collect_results(env)
@@ -308,6 +326,20 @@ def _compile_options(compile: Any) -> dict[str, Any] | None:
     )
 
 
+def _load_resume_checkpoint(resume_from: Any, settings: TrainingSettings) -> dict[str, Any] | None:
+    """Read ``resume_from`` before any work, and check there is an epoch left to train."""
+    if resume_from is None:
+        return None
+    checkpoint = ckpt.load_checkpoint(resume_from)
+    done = checkpoint["epoch"] + 1
+    if done >= settings.n_epochs:
+        raise ValueError(
+            f"resume_from={str(resume_from)!r} finished epoch {done} of its run; n_epochs counts from that run's "
+            f"start, so pass n_epochs > {done} to train on"
+        )
+    return checkpoint
+
+
 def _validate_callbacks(callbacks: Sequence[Any]) -> None:
     if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Iterable):
         raise TypeError(f"callbacks must be a list of callback objects, got {type(callbacks).__name__}")
@@ -336,11 +368,14 @@ def _setup_training_environment(
     callbacks: Sequence[Any],
     use_wandb: bool = False,
     wandb_prefix: str = "",
+    resume: dict[str, Any] | None = None,
 ) -> TrainingEnvironment:
     """Resolve ranks, device and precision, build data, optimizer and schedule, and probe the model once."""
     ctx, device = setup_distributed(device)
     plan = resolve_precision(precision, use_amp, device)
     model.to(device)
+    if resume is not None:
+        model.load_state_dict(resume["model"])  # before DDP and compile wrap it
     vocab_size, seq_len, pad_id = _read_model_sizes(model, config, settings)
     data = prepare_lm_data(
         train_data, val_data, vocab_size=vocab_size, seq_len=seq_len, max_corpus_bytes=settings.max_corpus_bytes
@@ -385,10 +420,54 @@ def _setup_training_environment(
         state=TrainingState(model, plan, optimizer, rank=ctx.rank, world_size=ctx.world_size),
         data_source=data.source,
     )  # fmt: skip
+    if resume is not None:
+        _restore_training_state(env, resume)
     # The scaler skips optimizer.step() on inf/NaN grads; this hook tells us, with no sync.
     optimizer.register_step_post_hook(lambda *_: setattr(env, "last_step_stepped", True))
-    env.pbar = _make_progress_bar(total_steps, settings.progress and ctx.is_main, plan)
+    env.pbar = _make_progress_bar(total_steps, settings.progress and ctx.is_main, plan, env.state.optimizer_step)
     return env
+
+
+def _restore_training_state(env: TrainingEnvironment, checkpoint: dict[str, Any]) -> None:
+    """Optimizer, schedule, scaler, counters, histories and RNG, from a checkpoint (weights are already in)."""
+    env.optimizer.load_state_dict(checkpoint["optimizer"])
+    env.scheduler.load_state_dict(checkpoint["scheduler"])
+    if env.scaler is not None and checkpoint["scaler"] is not None:
+        env.scaler.load_state_dict(checkpoint["scaler"])
+    elif (env.scaler is None) != (checkpoint["scaler"] is None):
+        warnings.warn(
+            f"resuming a {checkpoint['precision']} run in {env.plan.name}: the loss scaler state is not carried over",
+            stacklevel=4,
+        )
+    env.start_epoch = checkpoint["epoch"] + 1
+    env.state.optimizer_step = checkpoint["optimizer_step"]
+    env.state.skipped_steps = checkpoint["skipped_steps"]
+    env.history = {key: list(values) for key, values in checkpoint["history"].items()}
+    env.tracker.epoch_rows.extend(checkpoint["epoch_rows"])
+    env.tracker.step_rows.extend(checkpoint["step_rows"])
+    if env.dist.is_main:
+        ckpt.restore_rng_state(checkpoint["rng"])  # the other ranks keep their own dropout streams
+
+
+def _save_checkpoint(env: TrainingEnvironment) -> None:
+    """Rank 0 writes ``last.pt``; every rank waits for it, so a resume right after sees the file."""
+    if env.dist.is_main:
+        ckpt.save_checkpoint(ckpt.checkpoint_path(env.settings.checkpoint_dir), {
+            "model": env.model.state_dict(),
+            "optimizer": env.optimizer.state_dict(),
+            "scheduler": env.scheduler.state_dict(),
+            "scaler": env.scaler.state_dict() if env.scaler is not None else None,
+            "precision": env.plan.name,
+            "epoch": env.state.epoch,
+            "optimizer_step": env.state.optimizer_step,
+            "skipped_steps": env.state.skipped_steps,
+            "history": env.history,
+            "epoch_rows": env.tracker.epoch_rows,
+            "step_rows": env.tracker.step_rows,
+            "rng": ckpt.capture_rng_state(),
+        })  # fmt: skip
+    if env.dist.enabled:
+        torch.distributed.barrier()
 
 
 def _compiled_forward(model: nn.Module, train_module: nn.Module, compile_options: dict[str, Any] | None) -> Any:
@@ -450,12 +529,14 @@ def _sees_future_tokens(
     return not torch.allclose(logits[:, :-1].float(), other[:, :-1].float(), rtol=1e-4, atol=1e-5)
 
 
-def _make_progress_bar(total_steps: int, enabled: bool, plan: PrecisionPlan) -> Any:
+def _make_progress_bar(total_steps: int, enabled: bool, plan: PrecisionPlan, done_steps: int = 0) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total_steps, desc=f"fine-tuning ({plan.name})", unit="step", dynamic_ncols=True)
+    return tqdm(
+        total=total_steps, initial=done_steps, desc=f"fine-tuning ({plan.name})", unit="step", dynamic_ncols=True
+    )
 
 
 def _start_wandb_run(env: TrainingEnvironment, config: Any, project: str) -> Any:
@@ -708,6 +789,9 @@ def _collect_results(env: TrainingEnvironment) -> dict[str, Any]:
         "device": str(env.device),
         "world_size": env.dist.world_size,
         "compiled": env.settings.compile_options is not None,
+        "checkpoint_path": (
+            str(ckpt.checkpoint_path(env.settings.checkpoint_dir)) if env.settings.checkpoint_dir else None
+        ),
         "parameters": count_parameters(env.model)["total"],
         "data_source": env.data_source,
         "figure": _create_training_visualization(epochs, steps, env.history, env.plan),

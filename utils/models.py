@@ -71,20 +71,22 @@ class SelfAttention(nn.Module):
         B, T, C = x.shape
         # (B, T, 3C) -> 3 x (B, nh, T, hs)
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
-        mask = _attention_mask(key_padding_mask, T, self.causal, x.device)
         dropout_p = self.dropout if self.training else 0.0
+        weights = None
         if need_weights:
             # The explicit path, only when weights are asked for: SDPA never returns them.
+            mask = _attention_mask(key_padding_mask, T, self.causal, x.device)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, T, T)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             weights = F.dropout(scores.softmax(dim=-1), dropout_p, self.training)
             y = weights @ v
+        elif key_padding_mask is None:
+            # No mask tensor, so SDPA may pick its flash or memory-efficient kernel.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.causal)
         else:
-            weights = None
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=self.causal and mask is None
-            )
+            mask = _attention_mask(key_padding_mask, T, self.causal, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y), weights
 

@@ -27,11 +27,12 @@ def next_token_loss_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
             f"expected logits of shape (batch, seq, vocab) matching labels {tuple(labels.shape)}, "
             f"got {tuple(logits.shape)}; the model must return per-token vocabulary logits"
         )
-    logits = logits[:, :-1]  # (B, T-1, V)
-    targets = labels[:, 1:]  # (B, T-1)
+    # Position t predicts token t+1; the last position has no target. Shifting the
+    # (small) labels instead of slicing the (large) logits keeps the logits a view.
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
     # Cross-entropy in float32: under autocast the logits may be bf16/fp16.
     loss_sum = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
     )
     with torch.no_grad():
         n_correct = ((logits.argmax(dim=-1) == targets) & (targets != IGNORE_INDEX)).sum()

@@ -7,8 +7,10 @@ that way are only inspected, never used for autocast or a scaler.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import sys
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -21,6 +23,8 @@ from utils.training.amp_utils import (
     compute_effective_precision,
     resolve_precision,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -366,3 +370,32 @@ def test_for_lightning_logs_in_a_real_lightning_trainer(precision, enabled, wand
         run.finish()
     assert summary.get("amp/enabled") is enabled
     assert summary.get("amp/precision") == precision
+
+
+# -- TF32 ------------------------------------------------------------------------------------
+
+
+def test_tf32_allowed_sets_and_restores_the_legacy_flags():
+    before = amp_utils.tf32_settings()
+    with amp_utils.tf32_allowed(not before["matmul"]):
+        assert amp_utils.tf32_settings() == {"matmul": not before["matmul"], "cudnn": not before["matmul"]}
+    assert amp_utils.tf32_settings() == before
+
+
+def test_tf32_helpers_speak_the_newer_api_when_the_process_uses_it():
+    """torch refuses to read the legacy flag once fp32_precision was set: a fresh process, so no state leaks."""
+    code = (
+        "import torch\n"
+        "from utils.training import amp_utils\n"
+        "torch.backends.cuda.matmul.fp32_precision = 'tf32'\n"
+        "torch.backends.cudnn.fp32_precision = 'tf32'\n"
+        "assert amp_utils.tf32_enabled() is True\n"
+        "with amp_utils.tf32_allowed(False):\n"
+        "    assert amp_utils.tf32_settings() == {'matmul': False, 'cudnn': False}\n"
+        "assert torch.backends.cuda.matmul.fp32_precision == 'tf32'\n"
+        "print('ok')\n"
+    )
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip("this torch has only the legacy TF32 flags")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -52,7 +52,7 @@ from utils.model_helpers import (
     synchronize,
     validate_model,
 )
-from utils.training.amp_utils import cuda_supports_bf16, resolve_precision
+from utils.training.amp_utils import cuda_supports_bf16, resolve_precision, tf32_enabled
 
 MB = 2**20
 
@@ -949,7 +949,7 @@ def _speed_result(rows: list[dict], latencies: dict[str, list[float]], device: t
         "device": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
-        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if device.type == "cuda" else None,
+        "tf32_matmul": tf32_enabled() if device.type == "cuda" else None,
     }
     timed = table[table["error"] == ""] if "error" in table else table
     summary = ", ".join(f"{r.precision} {r.median_ms:.2f} ms ({r.tokens_per_s:,.0f} tok/s)" for r in timed.itertuples())

@@ -37,7 +37,7 @@ from utils.model_helpers import (
     model_mode,
     validate_model,
 )
-from utils.training.amp_utils import PrecisionPlan, resolve_precision, validate_precision_args
+from utils.training.amp_utils import PrecisionPlan, resolve_precision, tf32_enabled, validate_precision_args
 from utils.training import checkpoint as ckpt
 from utils.training.data import DEFAULT_CORPUS_BYTES, make_loader, prepare_lm_data
 from utils.training.distributed import (
@@ -49,7 +49,7 @@ from utils.training.distributed import (
     sum_host_values,
     wrap_data_parallel,
 )
-from utils.training.flops import FlopsPerToken, compute_mfu, model_flops_per_token, peak_tflops, tf32_enabled
+from utils.training.flops import FlopsPerToken, compute_mfu, model_flops_per_token, peak_tflops
 from utils.training.losses import next_token_loss_sums
 from utils.training.metrics_tracker import MetricsTracker
 from utils.training.optim import build_lr_scheduler, build_optimizer

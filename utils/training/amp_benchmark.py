@@ -12,12 +12,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gc
 import statistics
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -25,7 +23,7 @@ import torch.nn as nn
 
 from utils import tier3_training_utilities as tier3
 from utils.model_helpers import device_name, resolve_device, validate_model
-from utils.training.amp_utils import resolve_precision
+from utils.training.amp_utils import resolve_precision, tf32_allowed
 
 # The documented targets for mixed precision against FP32.
 TARGET_SPEEDUP = 1.5
@@ -111,7 +109,7 @@ def test_amp_speedup_benchmark(
     initial_state = copy.deepcopy(model.state_dict())
     run = _start_benchmark_run(model, config, amp_plan.name) if use_wandb else None
     try:
-        with _tf32(allow_tf32):
+        with tf32_allowed(allow_tf32):
             arms = {name: _run_arm(model, initial_state, name, arm_args) for name in ("fp32", amp_plan.name)}
     finally:
         model.load_state_dict(initial_state)
@@ -250,17 +248,6 @@ def _record_settings(device: torch.device, allow_tf32: bool, amp_name: str, warm
         "max_steps": arm_args["max_steps"],
         "seed": arm_args["seed"],
     }
-
-
-@contextlib.contextmanager
-def _tf32(allowed: bool) -> Iterator[None]:
-    """Set TF32 for matmuls and cuDNN for the duration, then restore the user's setting."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allowed
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _start_benchmark_run(model: nn.Module, config: Any, amp_name: str) -> Any:

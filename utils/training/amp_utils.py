@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,44 @@ def cuda_supports_bf16(device: torch.device | None = None) -> bool:
     if not torch.cuda.is_available():
         return False
     return torch.cuda.get_device_capability(device) >= MIN_BF16_COMPUTE_CAPABILITY
+
+
+def tf32_settings() -> dict[str, bool]:
+    """Whether FP32 matmuls (cuBLAS) and convolutions (cuDNN) may use TF32, under either torch API."""
+    return {"matmul": _tf32_flag(torch.backends.cuda.matmul), "cudnn": _tf32_flag(torch.backends.cudnn)}
+
+
+def tf32_enabled() -> bool:
+    """True when FP32 matmuls on CUDA may use TF32 tensor cores."""
+    return tf32_settings()["matmul"]
+
+
+def _tf32_flag(backend: Any) -> bool:
+    try:
+        return bool(backend.allow_tf32)
+    except RuntimeError:  # the newer fp32_precision API is in use; the legacy flag then refuses to answer
+        return getattr(backend, "fp32_precision", "ieee") == "tf32"
+
+
+@contextlib.contextmanager
+def tf32_allowed(allowed: bool) -> Iterator[None]:
+    """Allow or forbid TF32 for matmuls and cuDNN for the duration, then restore the caller's setting.
+
+    It speaks whichever TF32 API the process already uses: torch refuses a mix of the two.
+    """
+    backends = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    try:
+        attr, value, saved = "allow_tf32", allowed, [b.allow_tf32 for b in backends]
+    except RuntimeError:
+        attr, value = "fp32_precision", "tf32" if allowed else "ieee"
+        saved = [b.fp32_precision for b in backends]
+    for backend in backends:
+        setattr(backend, attr, value)
+    try:
+        yield
+    finally:
+        for backend, old in zip(backends, saved):
+            setattr(backend, attr, old)
 
 
 def cpu_supports_bf16() -> bool:

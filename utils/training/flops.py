@@ -16,13 +16,13 @@ Example:
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from utils.model_helpers import device_name, get_config_value
+from utils.training.amp_utils import tf32_enabled
 
 # Dense datasheet peaks in TFLOP/s (NVIDIA's figures without 2:4 sparsity).
 # 'fp32' is the plain CUDA-core rate, 'tf32' the tensor-core rate used when
@@ -93,13 +93,6 @@ def gpu_table_key(name: str) -> str | None:
         if re.search(pattern, name, flags=re.IGNORECASE):
             return key
     return None
-
-
-def tf32_enabled() -> bool:
-    """True when FP32 matmuls on CUDA may use TF32 tensor cores."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # newer torch nudges towards fp32_precision; the old flag still answers
-        return bool(torch.backends.cuda.matmul.allow_tf32)
 
 
 def peak_tflops(device: torch.device, precision: str, tf32: bool | None = None) -> PeakFlops:

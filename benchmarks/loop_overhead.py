@@ -3,10 +3,11 @@
 Both loops run in this process on the same model shape, initial weights,
 data, batch order and precision. Each round runs both (alternating which goes
 first), drops the warm-up steps, and takes the median step time; the overhead
-is the median over rounds of (loop - bare) / bare.
+is the median over rounds of (loop - bare) / bare. Target: at most 3%, on CPU
+and on GPU.
 
-    python benchmarks/loop_overhead.py                    # CPU, built-in tiny GPT
-    python benchmarks/loop_overhead.py --device cuda --precision auto --d-model 768 --n-layers 12
+    python benchmarks/loop_overhead.py --threads 1                  # CPU: tiny shape
+    python benchmarks/loop_overhead.py --device cuda                # GPU: gpt2-small shape
 
 Prints a table and writes JSON (``--out``, default loop_overhead.json).
 """
@@ -15,40 +16,49 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
-import sys
-from pathlib import Path
+from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import (  # first: puts the repository root on sys.path
+    LOOP_OVERHEAD_PCT,
+    Workload,
+    add_common_options,
+    build_model,
+    chosen_shape,
+    format_number,
+    format_verdicts,
+    make_workload,
+    setup_device,
+    write_json,
+)
+from utils import tier3_training_utilities as tier3
+from utils.model_helpers import extract_logits, make_forward_fn
+from utils.report import markdown_table
+from utils.training.amp_utils import resolve_precision
+from utils.training.data import make_loader, prepare_lm_data
+from utils.training.losses import next_token_loss_sums
+from utils.training.optim import build_lr_scheduler, build_optimizer
+from utils.training.timing import StepTimer
 
-from utils import tier3_training_utilities as tier3  # noqa: E402
-from utils.model_helpers import device_name, extract_logits, make_forward_fn, resolve_device  # noqa: E402
-from utils.models import tiny_gpt  # noqa: E402
-from utils.training.amp_utils import resolve_precision  # noqa: E402
-from utils.training.data import make_loader, prepare_lm_data  # noqa: E402
-from utils.training.losses import next_token_loss_sums  # noqa: E402
-from utils.training.optim import build_lr_scheduler, build_optimizer  # noqa: E402
-from utils.training.timing import StepTimer  # noqa: E402
 
-
-def bare_loop_step_times(model, config, args, device) -> list[float]:
+def bare_loop_step_times(model: torch.nn.Module, config: Any, work: Workload, precision: str) -> list[float]:
     """The minimal loop: autocast forward and loss, scaler backward, unscale, clip, step, update."""
-    plan = resolve_precision(args.precision, use_amp=args.precision == "auto", device=device)
-    data = prepare_lm_data(None, None, vocab_size=config.vocab_size, seq_len=args.seq_len,
-                           max_corpus_bytes=args.corpus_bytes)  # fmt: skip
-    loader = make_loader(data.train, args.batch_size, shuffle=True, seed=0, pad_token_id=0)
+    device = work.device
+    plan = resolve_precision(precision, use_amp=precision == "auto", device=device)
+    data = prepare_lm_data(None, None, vocab_size=config.vocab_size, seq_len=work.shape.seq_len,
+                           max_corpus_bytes=work.corpus_bytes)  # fmt: skip
+    loader = make_loader(data.train, work.batch_size, shuffle=True, seed=work.seed, pad_token_id=0)
     model.to(device).train()
     forward = make_forward_fn(model)
-    optimizer = build_optimizer(model, 1e-3)
-    scheduler = build_lr_scheduler(optimizer, warmup_steps=max(1, args.steps // 10), total_steps=args.steps)
+    optimizer = build_optimizer(model, work.learning_rate)
+    scheduler = build_lr_scheduler(optimizer, warmup_steps=max(1, work.steps // 10), total_steps=work.steps)
     scaler = plan.make_scaler()
     timer = StepTimer(device)
     timer.start()
     for step, batch in enumerate(loader):
-        if step == args.steps:
+        if step == work.steps:
             break
         input_ids = batch["input_ids"].to(device, non_blocking=True)
         labels = batch["labels"].to(device, non_blocking=True)
@@ -73,72 +83,79 @@ def bare_loop_step_times(model, config, args, device) -> list[float]:
     return timer.step_times_s()
 
 
-def library_loop_step_times(model, config, args, device) -> list[float]:
+def library_loop_step_times(model: torch.nn.Module, config: Any, work: Workload, precision: str) -> list[float]:
+    """test_fine_tuning's per-step times on the same workload (one validation batch, untimed)."""
     results = tier3.test_fine_tuning(
-        model, config, n_epochs=1, learning_rate=1e-3, batch_size=args.batch_size,
-        use_amp=args.precision == "auto", precision=args.precision, device=device, max_steps=args.steps,
-        seq_len=args.seq_len, max_corpus_bytes=args.corpus_bytes, max_val_batches=1, progress=False,
+        model, config, use_amp=precision == "auto", precision=precision, max_val_batches=1,
+        **work.fine_tuning_kwargs(),
     )  # fmt: skip
     return results["step_times_s"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--n-layers", type=int, default=4)
-    parser.add_argument("--n-heads", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--corpus-bytes", type=int, default=400_000)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (fewer threads, less noise)")
-    parser.add_argument("--out", type=Path, default=Path("loop_overhead.json"))
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    torch.manual_seed(0)
-    model, config = tiny_gpt(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
-                             max_seq_len=args.seq_len)  # fmt: skip
+def measure_rounds(work: Workload, precision: str, rounds: int, warmup: int) -> list[dict[str, Any]]:
+    """Run both loops ``rounds`` times from the same weights, alternating which goes first."""
+    model, config = build_model(work.shape, work.seed)
     initial = copy.deepcopy(model.state_dict())
-
-    rounds = []
-    for r in range(args.rounds):
-        order = [("bare", bare_loop_step_times), ("loop", library_loop_step_times)]
-        medians = {}
-        for name, run in order if r % 2 == 0 else reversed(order):
+    loops = [("bare", bare_loop_step_times), ("loop", library_loop_step_times)]
+    measured = []
+    for r in range(rounds):
+        order = loops if r % 2 == 0 else loops[::-1]
+        medians_ms = {}
+        for name, run in order:
             model.load_state_dict(initial)
-            medians[name] = statistics.median(run(model, config, args, device)[args.warmup:])
-        rounds.append({**medians, "overhead_pct": 100 * (medians["loop"] - medians["bare"]) / medians["bare"]})
-        print(f"round {r}: bare {1000 * medians['bare']:.2f} ms, loop {1000 * medians['loop']:.2f} ms, "
-              f"overhead {rounds[-1]['overhead_pct']:+.2f}%", flush=True)  # fmt: skip
+            medians_ms[name] = 1000 * statistics.median(run(model, config, work, precision)[warmup:])
+        overhead_pct = 100 * (medians_ms["loop"] - medians_ms["bare"]) / medians_ms["bare"]
+        measured.append({"first": order[0][0], "bare_step_ms": medians_ms["bare"],
+                         "loop_step_ms": medians_ms["loop"], "overhead_pct": overhead_pct})  # fmt: skip
+        print(f"round {r}: bare {medians_ms['bare']:.2f} ms, loop {medians_ms['loop']:.2f} ms, "
+              f"overhead {overhead_pct:+.2f}%", flush=True)  # fmt: skip
+    return measured
 
-    plan = resolve_precision(args.precision, use_amp=args.precision == "auto", device=device)
-    summary = {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "precision": plan.name,
-        "model": f"tiny_gpt d_model={args.d_model} n_layers={args.n_layers} seq_len={args.seq_len}",
-        "batch_size": args.batch_size,
-        "cpu_threads": torch.get_num_threads(),
-        "steps_per_run": args.steps,
-        "warmup_steps": args.warmup,
-        "bare_step_ms": 1000 * statistics.median(r["bare"] for r in rounds),
-        "loop_step_ms": 1000 * statistics.median(r["loop"] for r in rounds),
+
+def summarize(rounds: list[dict[str, Any]], precision_name: str) -> dict[str, Any]:
+    """Medians over the rounds: the figures the table and the target use."""
+    return {
+        "precision": precision_name,
+        "bare_step_ms": statistics.median(r["bare_step_ms"] for r in rounds),
+        "loop_step_ms": statistics.median(r["loop_step_ms"] for r in rounds),
         "overhead_pct": statistics.median(r["overhead_pct"] for r in rounds),
         "rounds": rounds,
     }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_options(parser, default_out="loop_overhead.json", default_steps=60, several_shapes=False)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                        help="'auto': bf16 or fp16 where the device has it, as use_amp=True")  # fmt: skip
+    parser.add_argument("--warmup", type=int, default=10, help="steps per run left out of the median")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each loop; the overhead is their median")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = setup_device(args)
+    if args.rounds < 1 or args.warmup < 0:
+        raise SystemExit(f"--rounds must be >= 1 and --warmup >= 0, got {args.rounds} and {args.warmup}")
+    shape = chosen_shape(args, device)
+    work = make_workload(shape, args, device, min_steps=args.warmup + 1)
+    plan = resolve_precision(args.precision, use_amp=args.precision == "auto", device=device)
+    print(f"{shape.name}: {shape.describe()}, batch {work.batch_size}, {plan.name} on {device}", flush=True)
+
+    result = summarize(measure_rounds(work, args.precision, args.rounds, args.warmup), plan.name)
+    verdicts = [LOOP_OVERHEAD_PCT.judge(result["overhead_pct"], applies=True)]
+    row = {
+        "shape": shape.name, "device": str(device), "precision": plan.name, "batch": work.batch_size,
+        "bare loop (ms/step)": format_number(result["bare_step_ms"]),
+        "test_fine_tuning (ms/step)": format_number(result["loop_step_ms"]),
+        "overhead": format_number(result["overhead_pct"], "+.2f", "%"),
+    }  # fmt: skip
     print()
-    print("| device | precision | bare loop (ms/step) | test_fine_tuning (ms/step) | overhead |")
-    print("|---|---|---|---|---|")
-    print(f"| {summary['device']} | {summary['precision']} | {summary['bare_step_ms']:.2f} | "
-          f"{summary['loop_step_ms']:.2f} | {summary['overhead_pct']:+.2f}% |")  # fmt: skip
-    args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    print(markdown_table([row], list(row)))
+    print(format_verdicts(verdicts))
+    settings = {**work.describe(), "precision": args.precision, "warmup_steps": args.warmup, "rounds": args.rounds}
+    write_json(args.out, "loop_overhead", device, {"settings": settings, "result": result, "targets": verdicts})
 
 
 if __name__ == "__main__":

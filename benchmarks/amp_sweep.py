@@ -17,10 +17,8 @@ default amp_sweep.json) with every shape's full report.
 from __future__ import annotations
 
 import argparse
-import gc
 from typing import Any
 
-import torch
 
 from common import (  # first: puts the repository root on sys.path
     AMP_ACCURACY_DIFF,
@@ -38,7 +36,7 @@ from common import (  # first: puts the repository root on sys.path
     setup_device,
     write_json,
 )
-from utils.model_helpers import count_parameters
+from utils.model_helpers import count_parameters, reset_peak_memory
 from utils.report import markdown_table
 from utils.training.amp_benchmark import test_amp_speedup_benchmark
 
@@ -62,15 +60,8 @@ def run_shape(work: Workload, amp_precision: str, warmup: int, val_batches: int)
     if "summary" in report:
         report["summary"] = report["summary"].to_dict(orient="records")
     del model
-    free_memory(work.device)
+    reset_peak_memory(work.device)  # drop the last shape's tensors, so this peak is its own
     return {**work.describe(), "parameters": parameters, "report": report}
-
-
-def free_memory(device: torch.device) -> None:
-    """Drop the last shape's tensors before the next one, so its peak memory is its own."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def table_row(entry: dict[str, Any]) -> dict[str, str]:

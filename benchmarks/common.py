@@ -285,20 +285,6 @@ def git_commit() -> str | None:
 # -- memory ----------------------------------------------------------------------
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a fresh CUDA allocator peak (nothing to do on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_mb(device: torch.device) -> float | None:
-    """The CUDA allocator's peak since the last reset, in MiB; None on CPU, where no such peak exists."""
-    if device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**20
-
-
 # -- targets ---------------------------------------------------------------------
 
 _COMPARISONS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}

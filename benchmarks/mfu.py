@@ -34,11 +34,10 @@ from common import (  # first: puts the repository root on sys.path
     format_verdicts,
     is_preset,
     make_workload,
-    peak_memory_mb,
-    reset_peak_memory,
     setup_device,
     write_json,
 )
+from utils.model_helpers import peak_memory_mb, reset_peak_memory
 from utils.report import markdown_table
 from utils.tier3_training_utilities import THROUGHPUT_WARMUP_STEPS, test_fine_tuning
 

@@ -11,6 +11,7 @@ token embedding lookup, argument checks and the pass/warn/fail verdict.
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -197,6 +198,21 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return device.type
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Free what can be freed and start a fresh CUDA allocator peak (on CPU, only the garbage collection)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """The CUDA allocator's peak since the last reset, in MiB; None on CPU, where no such peak exists."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def synchronize(device: torch.device) -> None:

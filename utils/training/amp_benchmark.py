@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import gc
 import statistics
 import warnings
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from utils import tier3_training_utilities as tier3
-from utils.model_helpers import device_name, resolve_device, validate_model
+from utils.model_helpers import device_name, peak_memory_mb, reset_peak_memory, resolve_device, validate_model
 from utils.training.amp_utils import resolve_precision, tf32_allowed
 
 # The documented targets for mixed precision against FP32.
@@ -146,15 +145,9 @@ def _run_arm(model: nn.Module, initial_state: dict, precision: str, arm_args: di
     """One arm: same weights, same seed and data; peak memory measured around training alone."""
     model.load_state_dict(initial_state)
     device: torch.device = arm_args["device"]
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     results = tier3.test_fine_tuning(model, precision=precision, _wandb_prefix=f"{precision}/", **arm_args)
-    if device.type == "cuda":
-        results["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        results["peak_memory_mb"] = None
+    results["peak_memory_mb"] = peak_memory_mb(device)
     return results
 
 

@@ -133,7 +133,6 @@ class TrainingEnvironment:
         default_factory=lambda: {"loss": [], "grad_norm": [], "loss_scale": [], "lr": []}
     )
     samples_seen: int = 0
-    tokens_seen: int = 0
     start_epoch: int = 0  # after the checkpoint's epoch when resuming
     last_step_stepped: bool = False
     pbar: Any = None
@@ -642,7 +641,6 @@ def _run_training_epoch(env: TrainingEnvironment) -> dict[str, float]:
             step_loss += loss
             correct += n_correct
             env.samples_seen += batch["input_ids"].size(0)
-            env.tokens_seen += batch["n_tokens"]
         env.timer.mark()
         env.step_tokens.append(sum(b["n_tokens"] for b in group))
         _finish_optimizer_step(env, step_loss, grad_norm)
@@ -755,7 +753,7 @@ def _collect_results(env: TrainingEnvironment) -> dict[str, Any]:
     """Assemble the results dict from the tracker, the histories and the timer."""
     step_times = env.timer.step_times_s()
     train_time_s = sum(step_times)
-    throughput = _measure_throughput(env, step_times)
+    (samples, tokens), throughput = _measure_throughput(env, step_times)
     epochs = env.tracker.get_summary()
     steps = env.tracker.get_step_history()
     last = env.tracker.epoch_rows[-1] if env.tracker.epoch_rows else {}
@@ -776,8 +774,8 @@ def _collect_results(env: TrainingEnvironment) -> dict[str, Any]:
         "step_history": steps,
         "training_time_seconds": train_time_s,
         "step_times_s": step_times,
-        "samples_per_second": throughput.pop("samples_seen") / train_time_s if train_time_s else None,
-        "tokens_per_second": throughput.pop("tokens_seen") / train_time_s if train_time_s else None,
+        "samples_per_second": samples / train_time_s if train_time_s else None,
+        "tokens_per_second": tokens / train_time_s if train_time_s else None,
         "mfu": throughput["mfu"],
         "throughput": throughput,
         "amp_enabled": env.plan.amp_enabled,
@@ -798,22 +796,25 @@ def _collect_results(env: TrainingEnvironment) -> dict[str, Any]:
     }
 
 
-def _measure_throughput(env: TrainingEnvironment, step_times: list[float]) -> dict[str, Any]:
-    """Steady-state tokens/s over all ranks (first steps left out), FLOPs per token and MFU.
+def _measure_throughput(
+    env: TrainingEnvironment, step_times: list[float]
+) -> tuple[tuple[float, float], dict[str, Any]]:
+    """Totals over all ranks, and steady-state tokens/s (first steps left out), FLOPs per token and MFU.
 
-    Rank 0's clock times the steps; tokens are summed over ranks, once, here.
+    Rank 0's clock times the steps; samples and tokens are summed over ranks, once, here.
+
+    Returns:
+        ((samples, tokens) over every step, the ``throughput`` dict).
     """
     skip = min(THROUGHPUT_WARMUP_STEPS, max(0, len(step_times) - 1))
     timed_s = sum(step_times[skip:])
     samples, tokens, timed_tokens = sum_host_values(
-        [env.samples_seen, env.tokens_seen, sum(env.step_tokens[skip:])], env.dist, env.device
+        [env.samples_seen, sum(env.step_tokens), sum(env.step_tokens[skip:])], env.dist, env.device
     )
     tokens_per_s = timed_tokens / timed_s if timed_s else None
     peak = peak_tflops(env.device, env.plan.name, tf32=tf32_enabled())
     achieved = tokens_per_s * env.flops.flops / 1e12 if tokens_per_s else None
-    return {
-        "samples_seen": samples,
-        "tokens_seen": tokens,
+    return (samples, tokens), {
         "tokens_per_second": tokens_per_s,
         "timed_steps": len(step_times) - skip,
         "warmup_steps_excluded": skip,

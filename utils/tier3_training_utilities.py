@@ -44,6 +44,7 @@ from utils.training.distributed import (
     DistributedContext,
     all_reduce_mean,
     all_reduce_sum,
+    barrier,
     gradient_sync,
     setup_distributed,
     sum_host_values,
@@ -465,8 +466,7 @@ def _save_checkpoint(env: TrainingEnvironment) -> None:
             "step_rows": env.tracker.step_rows,
             "rng": ckpt.capture_rng_state(),
         })  # fmt: skip
-    if env.dist.enabled:
-        torch.distributed.barrier()
+    barrier(env.dist)
 
 
 def _compiled_forward(model: nn.Module, train_module: nn.Module, compile_options: dict[str, Any] | None) -> Any:

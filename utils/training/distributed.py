@@ -130,6 +130,12 @@ def all_reduce_mean(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tens
     return all_reduce_sum(tensor, ctx) / ctx.world_size if ctx.enabled else tensor
 
 
+def barrier(ctx: DistributedContext) -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    if ctx.enabled:
+        dist.barrier()
+
+
 def sum_host_values(values: list[float], ctx: DistributedContext, device: torch.device) -> list[float]:
     """Sum a few host numbers over ranks: one small collective, for end-of-run totals."""
     if not ctx.enabled:

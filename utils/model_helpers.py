@@ -20,6 +20,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from utils.checks import check_positive_int as check_positive_int  # re-exported for the tiers
+from utils.checks import check_positive_number as check_positive_number
+
 # Each canonical config field and the names other libraries use for it.
 CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
     "vocab_size": ("vocab_size", "n_vocab", "num_tokens"),
@@ -224,18 +227,6 @@ def synchronize(device: torch.device) -> None:
 # ---------------------------------------------------------------------------
 # Argument checks and verdicts shared by the tiers
 # ---------------------------------------------------------------------------
-
-
-def check_positive_int(value: int, name: str) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is an int >= 1 (a bool is not)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def check_positive_number(value: float, name: str) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is a number > 0."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def result_status(failed: bool, warned: bool = False) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-from torch.utils.data import Dataset, Subset
+import os
+import re
+from pathlib import Path
 
 import pytest
+import torch
+from torch.utils.data import Dataset, IterableDataset, Subset
 
 from utils.training import data
 from utils.training.data import IGNORE_INDEX
@@ -15,15 +18,17 @@ CORPUS_BYTES = 20_000
 
 
 class ListDataset(Dataset):
-    """A user Dataset of 1-D id tensors."""
+    """A user Dataset of 1-D id tensors (or of any items), counting reads per index."""
 
     def __init__(self, sequences):
         self.sequences = sequences
+        self.reads = [0] * len(sequences)
 
     def __len__(self):
         return len(self.sequences)
 
     def __getitem__(self, index):
+        self.reads[index] += 1
         return self.sequences[index]
 
 
@@ -66,11 +71,6 @@ def test_default_corpus_is_deterministic_capped_and_starts_with_first_file():
 def test_default_corpus_rejects_non_positive_cap():
     with pytest.raises(ValueError, match="max_bytes"):
         data.load_stdlib_corpus(0)
-
-
-def test_describe_stdlib_corpus_names_the_source():
-    info = data.describe_stdlib_corpus(123)
-    assert info["max_bytes"] == 123 and "standard library" in info["source"]
 
 
 def test_default_split_is_deterministic_disjoint_and_in_corpus_order():
@@ -205,9 +205,225 @@ def test_text_needs_a_vocabulary_of_at_least_256(kind, tmp_path):
         data.prepare_lm_data(train, None, vocab_size=100, seq_len=SEQ_LEN, max_corpus_bytes=CORPUS_BYTES)
 
 
-def test_val_fraction_must_be_a_fraction():
-    with pytest.raises(ValueError, match="val_fraction"):
-        data.prepare_lm_data(_ids(100), None, vocab_size=256, seq_len=SEQ_LEN, val_fraction=1.0)
+@pytest.mark.parametrize("val_fraction", [1.0, 0.0, float("nan"), True, "0.1"])
+def test_val_fraction_must_be_a_fraction(val_fraction):
+    with pytest.raises(ValueError, match="val_fraction must be a number in"):
+        data.prepare_lm_data(_ids(100), None, vocab_size=256, seq_len=SEQ_LEN, val_fraction=val_fraction)
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [("vocab_size", 0), ("vocab_size", True), ("seq_len", 0), ("seq_len", 8.0), ("max_corpus_bytes", 0)],
+)
+def test_sizes_must_be_positive_integers(setting, value):
+    kwargs = {"vocab_size": 256, "seq_len": SEQ_LEN, setting: value}
+    with pytest.raises(ValueError, match=f"{setting} must be a positive integer"):
+        data.prepare_lm_data(_ids(100), None, **kwargs)
+
+
+# -- raw text passed as one string ----------------------------------------------------------
+
+
+def _raw_texts():
+    return {
+        "long": "x" * 300,
+        "long-multibyte": "é" * 200,  # 200 characters but 400 bytes: the OS limits count bytes
+        "newline": "line one\nline two",
+        "nul": "a\0b",
+        "long-name-in-path": "folder/" + "b" * 300,
+        "over-path-max": "a/" * 3000,
+    }
+
+
+@pytest.mark.parametrize("arg", ["train_data", "val_data"])
+@pytest.mark.parametrize("kind", list(_raw_texts()))
+def test_raw_text_string_says_pass_a_list_without_touching_the_filesystem(arg, kind, monkeypatch):
+    text = _raw_texts()[kind]
+
+    def no_filesystem(self):
+        raise AssertionError(f"is_file was called on {str(self)[:30]!r}")
+
+    monkeypatch.setattr(Path, "is_file", no_filesystem)
+    kwargs = {"train_data": _ids(100), "val_data": None, arg: text}
+    pattern = (
+        rf"{arg} is a string of {len(text)} characters .*pass raw text as a list of strings, e\.g\. {arg}=\[text\]"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        data.prepare_lm_data(kwargs["train_data"], kwargs["val_data"], vocab_size=256, seq_len=SEQ_LEN)
+
+
+def test_raw_text_is_told_apart_without_pathconf(monkeypatch):
+    monkeypatch.delattr(os, "pathconf")  # as on Windows: the 4096 / 255 defaults apply
+    with pytest.raises(ValueError, match="longer than the 255-byte limit"):
+        data.prepare_lm_data("x" * 300, None, vocab_size=256, seq_len=SEQ_LEN)
+    with pytest.raises(ValueError, match="over the 4095-byte path limit"):
+        data.prepare_lm_data("a/" * 3000, None, vocab_size=256, seq_len=SEQ_LEN)
+
+
+def test_short_missing_path_is_still_not_an_existing_file():
+    with pytest.raises(ValueError, match=r"train_data='no/such/file\.txt' is not an existing file"):
+        data.prepare_lm_data("no/such/file.txt", None, vocab_size=256, seq_len=SEQ_LEN)
+
+
+def test_os_error_from_is_file_reads_as_a_missing_file(monkeypatch):
+    def too_long(self):
+        raise OSError(36, "File name too long")
+
+    monkeypatch.setattr(Path, "is_file", too_long)
+    with pytest.raises(ValueError, match="train_data='short.txt' is not an existing file"):
+        data.prepare_lm_data("short.txt", None, vocab_size=256, seq_len=SEQ_LEN)
+
+
+# -- text files must be UTF-8 text ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("arg", ["train_data", "val_data"])
+@pytest.mark.parametrize(
+    "content, found",
+    [
+        (b"hello\0world" * 10, "NUL byte at offset 5"),
+        ("café au lait ".encode("latin-1") * 10, "invalid UTF-8 at byte 3"),
+        (bytes(range(128, 256)), "invalid UTF-8 at byte 0"),
+    ],
+    ids=["nul", "latin-1", "high-bytes"],
+)
+def test_binary_file_is_not_a_text_file(tmp_path, arg, content, found):
+    path = tmp_path / "data.bin"
+    path.write_bytes(content)
+    kwargs = {"train_data": _ids(100), "val_data": None, arg: path}
+    pattern = (
+        re.escape(f"{arg}={str(path)!r} is not a text file ({found}); ")
+        + "pass a UTF-8 text file, or token ids as a tensor"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        data.prepare_lm_data(kwargs["train_data"], kwargs["val_data"], vocab_size=256, seq_len=SEQ_LEN)
+
+
+def test_utf8_text_file_with_multibyte_characters_is_accepted(tmp_path):
+    text = "héllo wörld ✓\n" * 10
+    path = tmp_path / "unicode.txt"
+    path.write_text(text, encoding="utf-8")
+    lm = data.prepare_lm_data(path, path, vocab_size=256, seq_len=SEQ_LEN)
+    assert lm.train[1].tolist() == list(text.encode("utf-8")[SEQ_LEN : 2 * SEQ_LEN])
+
+
+@pytest.mark.parametrize("content", [b"", b"short"], ids=["empty", "short"])
+def test_file_shorter_than_one_block_says_so(tmp_path, content):
+    path = tmp_path / "tiny.txt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"train_data=.* holds {len(content)} bytes, too few for one block of 16"):
+        data.prepare_lm_data(path, None, vocab_size=256, seq_len=SEQ_LEN)
+
+
+def test_one_dimensional_tensor_shorter_than_one_block_names_the_argument():
+    with pytest.raises(ValueError, match="val_data holds 5 tokens, too few for one block of 16"):
+        data.prepare_lm_data(_ids(100), _ids(5), vocab_size=256, seq_len=SEQ_LEN)
+
+
+# -- datasets and lists of texts ------------------------------------------------------------
+
+TEXTS = ["hi", "", "x" * 40, "héllo ✓ " * 3]
+
+
+def _contents(dataset):
+    return [dataset[i].tolist() for i in range(len(dataset))]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ListDataset(list(TEXTS)),
+        lambda: ListDataset([{"text": t, "label": i} for i, t in enumerate(TEXTS)]),
+        lambda: [{"text": t} for t in TEXTS],
+        lambda: tuple({"text": t} for t in TEXTS),
+    ],
+    ids=["dataset-of-strings", "dataset-of-text-rows", "list-of-text-dicts", "tuple-of-text-dicts"],
+)
+def test_texts_are_tokenized_exactly_like_a_list_of_strings(make):
+    expected = data.prepare_lm_data(list(TEXTS), None, vocab_size=256, seq_len=SEQ_LEN)
+    lm = data.prepare_lm_data(make(), None, vocab_size=256, seq_len=SEQ_LEN)
+    assert _contents(lm.train) == _contents(expected.train)
+    assert _contents(lm.val) == _contents(expected.val)
+    assert _contents(lm.train)[0] == list(b"hi")  # empty text dropped, 40 x's cut into 16 + 16 + 8
+    assert [len(s) for s in _contents(lm.train)][:4] == [2, 16, 16, 8]
+
+
+def test_dataset_of_texts_is_read_once_per_item():
+    dataset = ListDataset(list(TEXTS))
+    data.prepare_lm_data(["train text"], dataset, vocab_size=256, seq_len=SEQ_LEN)
+    assert dataset.reads == [1, 1, 1, 1]  # item 0 is peeked at and reused, not read again
+
+
+def test_dataset_of_input_id_dicts_passes_through():
+    dataset = ListDataset([{"input_ids": [i, i + 1], "text": "ignored"} for i in range(10)])
+    lm = data.prepare_lm_data(dataset, None, vocab_size=256, seq_len=SEQ_LEN)
+    assert lm.train.dataset is dataset and lm.train.indices == list(range(9))
+    batch = data.collate_lm_batch([lm.train[2]], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[2, 3]]
+
+
+def test_list_of_input_id_dicts_is_accepted():
+    lm = data.prepare_lm_data(
+        [{"input_ids": [1, 2, 3]}, {"input_ids": torch.tensor([4])}], [[5, 6]], vocab_size=10, seq_len=SEQ_LEN
+    )
+    assert _contents(lm.train) == [[1, 2, 3], [4]]
+
+
+@pytest.mark.parametrize("kind", ["dataset", "text-dicts"])
+def test_texts_in_a_dataset_need_a_vocabulary_of_at_least_256(kind):
+    train = ListDataset(["some text"] * 3) if kind == "dataset" else [{"text": "some text"}]
+    with pytest.raises(ValueError, match=r"train_data \(a .*\) is tokenized as bytes.*vocab_size >= 256"):
+        data.prepare_lm_data(train, None, vocab_size=100, seq_len=SEQ_LEN)
+
+
+@pytest.mark.parametrize("arg", ["train_data", "val_data"])
+@pytest.mark.parametrize(
+    "items, found",
+    [
+        ([1, 2, 3], "item 0 is of type int"),
+        ([torch.rand(3)], r"item 0 is of type Tensor \(shape \(3,\), dtype torch.float32\)"),
+        ([torch.zeros(2, 2, dtype=torch.long)], r"item 0 is of type Tensor \(shape \(2, 2\)"),
+        ([{"sentence": "hi", "label": 1}], r"item 0 is of type dict \(keys 'sentence': str, 'label': int\)"),
+        ([None], "item 0 is of type NoneType"),
+        ([b"bytes"], "item 0 is of type bytes"),
+    ],
+    ids=["int", "float-tensor", "2-d", "dict-without-text", "none", "bytes"],
+)
+@pytest.mark.parametrize("container", [ListDataset, list], ids=["dataset", "list"])
+def test_unusable_items_name_the_argument_the_type_and_what_to_pass(arg, items, found, container):
+    kwargs = {"train_data": _ids(100), "val_data": None, arg: container(items)}
+    expected = "1-D integer token ids, a dict with 'input_ids', a string, or a dict with 'text'"
+    with pytest.raises(TypeError, match=rf"{arg} {found}.*; each item must be {expected}"):
+        data.prepare_lm_data(kwargs["train_data"], kwargs["val_data"], vocab_size=256, seq_len=SEQ_LEN)
+
+
+@pytest.mark.parametrize("container", [ListDataset, list], ids=["dataset", "list"])
+def test_mixed_items_name_the_index_and_type(container):
+    with pytest.raises(TypeError, match=r"train_data item 2 is of type Tensor .*, but item 0 is text"):
+        data.prepare_lm_data(container(["a", {"text": "b"}, torch.tensor([1])]), None, vocab_size=256, seq_len=4)
+    with pytest.raises(TypeError, match=r"train_data item 1 is text of type str \('abc'\), but item 0 is token ids"):
+        data.prepare_lm_data([[1, 2], "abc"], None, vocab_size=256, seq_len=4)
+
+
+def test_text_row_whose_text_is_not_a_string_says_so():
+    with pytest.raises(TypeError, match="val_data item 1 has a 'text' of type NoneType; pass it a string"):
+        data.prepare_lm_data(_ids(100), ListDataset([{"text": "a"}, {"text": None}]), vocab_size=256, seq_len=4)
+
+
+class _Stream(IterableDataset):
+    def __iter__(self):
+        yield torch.tensor([1, 2])
+
+
+class _NoLength(Dataset):
+    def __getitem__(self, index):
+        return torch.tensor([1, 2])
+
+
+@pytest.mark.parametrize("dataset", [_Stream(), _NoLength()], ids=["iterable", "no-len"])
+def test_dataset_without_len_and_indexing_says_what_to_pass(dataset):
+    with pytest.raises(TypeError, match=r"train_data of type _\w+ has no len\(\) or indexing; pass a map-style"):
+        data.prepare_lm_data(dataset, None, vocab_size=256, seq_len=SEQ_LEN)
 
 
 # -- collation -----------------------------------------------------------------------------
@@ -236,11 +452,20 @@ def test_collate_uses_pad_token_id_and_accepts_dict_items():
     assert (batch["n_tokens"], batch["n_targets"]) == (4, 2)
 
 
-def test_collate_rejects_float_and_two_dimensional_items():
-    with pytest.raises(TypeError, match="1-D sequence of integer token ids"):
-        data.collate_lm_batch([torch.rand(4)], pad_token_id=0)
-    with pytest.raises(TypeError, match="1-D sequence of integer token ids"):
-        data.collate_lm_batch([torch.zeros(2, 2, dtype=torch.long)], pad_token_id=0)
+@pytest.mark.parametrize(
+    "item, found",
+    [
+        (torch.rand(4), "of type Tensor"),
+        (torch.zeros(2, 2, dtype=torch.long), r"shape \(2, 2\)"),
+        ("abc", r"of type str \('abc'\)"),
+        ({"text": "abc"}, r"of type dict \(keys 'text': str\)"),
+        (torch.tensor([1 + 0j]), "dtype torch.complex64"),
+    ],
+    ids=["float", "2-d", "str", "dict-without-input-ids", "complex"],
+)
+def test_collate_rejects_items_that_are_not_token_ids(item, found):
+    with pytest.raises(TypeError, match=rf"1-D sequence of integer token ids.*got an item.*{found}"):
+        data.collate_lm_batch([item], pad_token_id=0)
 
 
 def test_collate_checks_the_vocabulary_when_given():
@@ -296,6 +521,8 @@ def test_ranks_together_see_what_one_process_sees_with_the_bigger_batch():
 
 def test_unshuffled_rank_shards_cover_every_item_once_without_padding():
     dataset = data.SequenceDataset([torch.full((3,), i) for i in range(5)])
-    shards = [data.make_loader(dataset, 2, shuffle=False, seed=0, pad_token_id=0, rank=r, world_size=2) for r in range(2)]
+    shards = [
+        data.make_loader(dataset, 2, shuffle=False, seed=0, pad_token_id=0, rank=r, world_size=2) for r in range(2)
+    ]
     seen = [[row[0] for b in loader for row in b["input_ids"].tolist()] for loader in shards]
     assert seen == [[0, 2, 4], [1, 3]]

@@ -3,7 +3,8 @@
 The default corpus is the source of Python's own standard library, read at
 run time from ``sysconfig``: real text that ships with every Python, so
 nothing is downloaded. Users may instead pass token ids (a tensor), raw
-strings, a text file path, or a ``torch.utils.data.Dataset``.
+strings, a UTF-8 text file path, or a ``torch.utils.data.Dataset`` (of token
+ids, or of texts such as Hugging Face ``{"text": ...}`` rows).
 
 Example:
     >>> data = prepare_lm_data(None, None, vocab_size=256, seq_len=128)
@@ -12,18 +13,23 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import os
+import reprlib
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+
+from utils.checks import check_number_in_range, check_positive_int
 
 IGNORE_INDEX = -100  # label value that the loss and accuracy skip
 DEFAULT_CORPUS_BYTES = 1_000_000
+_ITEM_KINDS = "1-D integer token ids, a dict with 'input_ids', a string, or a dict with 'text'"
 
 
 class ByteTokenizer:
@@ -53,8 +59,7 @@ def load_stdlib_corpus(max_bytes: int = DEFAULT_CORPUS_BYTES) -> bytes:
     The same interpreter always gives the same bytes: the file list is fixed
     and sorted, and each file is introduced by a one-line header.
     """
-    if max_bytes < 1:
-        raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    check_positive_int(max_bytes, "max_bytes")
     chunks, size = [], 0
     for path in stdlib_source_files():
         chunk = f"# ---- {path.name} ----\n".encode() + path.read_bytes() + b"\n"
@@ -63,16 +68,6 @@ def load_stdlib_corpus(max_bytes: int = DEFAULT_CORPUS_BYTES) -> bytes:
         if size >= max_bytes:
             break
     return b"".join(chunks)[:max_bytes]
-
-
-def describe_stdlib_corpus(max_bytes: int = DEFAULT_CORPUS_BYTES) -> dict[str, Any]:
-    """Where the default corpus comes from, for reports."""
-    return {
-        "source": "Python standard library source (sysconfig 'stdlib')",
-        "folder": sysconfig.get_paths()["stdlib"],
-        "python": sysconfig.get_python_version(),
-        "max_bytes": max_bytes,
-    }
 
 
 class BlockDataset(Dataset):
@@ -126,8 +121,10 @@ def prepare_lm_data(
 
     Args:
         train_data: None (the standard-library corpus), a tensor of token ids
-            (1-D stream or 2-D rows), a list of strings, a path to a text file,
-            a list of id sequences, or a ``Dataset`` of id sequences.
+            (1-D stream or 2-D rows), a list of strings or of ``{"text": ...}``
+            dicts, a path to a UTF-8 text file, a list of id sequences, or a
+            map-style ``Dataset`` whose items are id sequences, dicts with
+            ``input_ids``, strings, or dicts with ``text``.
         val_data: the same kinds, or None to hold out the last ``val_fraction``
             of ``train_data`` (a deterministic split).
         vocab_size: the model's vocabulary; text needs at least 256.
@@ -136,22 +133,28 @@ def prepare_lm_data(
         max_corpus_bytes: cap on the built-in corpus size.
 
     Raises:
-        TypeError: for a data type it cannot use.
-        ValueError: for ids outside the vocabulary, text with a vocabulary
-            under 256, or too little data to split.
+        TypeError: for a data type or data item it cannot use.
+        ValueError: for bad settings, ids outside the vocabulary, text with a
+            vocabulary under 256, raw text passed as one string, a file that is
+            missing or not UTF-8 text, or too little data to split.
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_number_in_range(val_fraction, "val_fraction", 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    check_positive_int(vocab_size, "vocab_size")
+    check_positive_int(seq_len, "seq_len")
+    check_positive_int(max_corpus_bytes, "max_corpus_bytes")
     if train_data is None:
-        ids = torch.frombuffer(bytearray(load_stdlib_corpus(max_corpus_bytes)), dtype=torch.uint8).long()
         _check_text_vocab(vocab_size, "train_data=None (the built-in text corpus)")
-        train, val = _split_stream(ids, seq_len, val_fraction)
-        return LMData(train, _as_dataset(val_data, "val_data", vocab_size, seq_len) if val_data is not None else val,
-                      "python-stdlib")
-    train = _as_dataset(train_data, "train_data", vocab_size, seq_len)
+        ids = torch.frombuffer(bytearray(load_stdlib_corpus(max_corpus_bytes)), dtype=torch.uint8).long()
+        # The corpus tail is held out even when val_data is given, so train is the same either way.
+        train, held_out = _split_stream(ids, seq_len, val_fraction)
+        source = "python-stdlib"
+    else:
+        train, held_out, source = _as_dataset(train_data, "train_data", vocab_size, seq_len), None, "user"
     if val_data is not None:
-        return LMData(train, _as_dataset(val_data, "val_data", vocab_size, seq_len), "user")
-    return LMData(*_split_dataset(train, val_fraction), "user")
+        return LMData(train, _as_dataset(val_data, "val_data", vocab_size, seq_len), source)
+    if held_out is None:
+        train, held_out = _split_dataset(train, val_fraction)
+    return LMData(train, held_out, source)
 
 
 def _as_dataset(data: Any, arg: str, vocab_size: int, seq_len: int) -> Dataset:
@@ -162,30 +165,161 @@ def _as_dataset(data: Any, arg: str, vocab_size: int, seq_len: int) -> Dataset:
 
 
 def _build_dataset(data: Any, arg: str, vocab_size: int, seq_len: int) -> Dataset:
+    """Pick the builder for the kind of ``data``; every builder's errors name ``arg``."""
     if isinstance(data, Dataset):
-        return data
+        return _user_dataset(data, arg, vocab_size, seq_len)
     if isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        if not path.is_file():
-            raise ValueError(f"{arg}={str(data)[:60]!r} is not an existing file; pass raw text as a list of strings")
-        _check_text_vocab(vocab_size, f"{arg} (a text file)")
-        ids = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8).long()
-        return BlockDataset(ids, seq_len)
+        return _file_dataset(data, arg, vocab_size, seq_len)
     if isinstance(data, torch.Tensor):
         return _tensor_dataset(data, arg, vocab_size, seq_len)
-    if isinstance(data, (list, tuple)) and data and all(isinstance(x, str) for x in data):
-        _check_text_vocab(vocab_size, f"{arg} (a list of strings)")
-        tokenizer = ByteTokenizer()
-        return SequenceDataset(_chunk([torch.tensor(tokenizer.encode(t)) for t in data if t], seq_len))
     if isinstance(data, (list, tuple)) and data:
-        seqs = [torch.as_tensor(x) for x in data]
-        if any(s.ndim != 1 or s.is_floating_point() for s in seqs):
-            raise TypeError(f"{arg} must hold 1-D integer token-id sequences")
-        _check_ids(torch.cat(seqs), arg, vocab_size)
-        return SequenceDataset(_chunk(seqs, seq_len))
+        return _list_dataset(data, arg, vocab_size, seq_len)
     raise TypeError(
         f"{arg} has unsupported type {type(data).__name__}; pass None, a tensor of token ids, "
         "a list of strings, a path to a text file, or a torch.utils.data.Dataset"
+    )
+
+
+def _user_dataset(data: Dataset, arg: str, vocab_size: int, seq_len: int) -> Dataset:
+    """A map-style Dataset: text items are read once and tokenized; id items pass through as they are."""
+    if isinstance(data, IterableDataset) or not hasattr(data, "__len__"):
+        # The loaders index the data through a sampler and split it by position, so both are needed.
+        raise TypeError(
+            f"{arg} of type {type(data).__name__} has no len() or indexing; pass a map-style Dataset "
+            "(with __len__ and __getitem__), a list, or a tensor of token ids"
+        )
+    if len(data) == 0:
+        return data  # _as_dataset reports it
+    first = data[0]
+    if _is_text_item(first):
+        items = itertools.chain([first], (data[index] for index in range(1, len(data))))  # each item read once
+        texts = (_item_text(item, arg, index) for index, item in enumerate(items))
+        return _text_dataset(texts, arg, vocab_size, seq_len, "a Dataset of texts")
+    _item_ids_of(first, arg, 0)  # an unusable item fails here, not in the first training batch
+    return data
+
+
+def _list_dataset(items: Sequence[Any], arg: str, vocab_size: int, seq_len: int) -> Dataset:
+    """A list of texts or of id sequences, decided by the first item; a mixed list is an error."""
+    if _is_text_item(items[0]):
+        what = "a list of strings" if isinstance(items[0], str) else "a list of {'text': ...} dicts"
+        texts = (_item_text(item, arg, index) for index, item in enumerate(items))
+        return _text_dataset(texts, arg, vocab_size, seq_len, what)
+    seqs = [_item_ids_of(item, arg, index) for index, item in enumerate(items)]
+    _check_ids(torch.cat(seqs), arg, vocab_size)
+    return SequenceDataset(_chunk(seqs, seq_len))
+
+
+def _text_dataset(texts: Iterable[str], arg: str, vocab_size: int, seq_len: int, what: str) -> Dataset:
+    """UTF-8 byte ids of each text, cut into ``seq_len`` pieces; empty texts are dropped."""
+    _check_text_vocab(vocab_size, f"{arg} ({what})")  # before ``texts`` is read, so a bad vocab fails fast
+    tokenizer = ByteTokenizer()
+    return SequenceDataset(_chunk([torch.tensor(tokenizer.encode(t)) for t in texts if t], seq_len))
+
+
+def _is_text_item(item: Any) -> bool:
+    """A string, or a dict with 'text' (a Hugging Face row); a dict with 'input_ids' counts as ids."""
+    return isinstance(item, str) or (isinstance(item, dict) and "text" in item and "input_ids" not in item)
+
+
+def _item_text(item: Any, arg: str, index: int) -> str:
+    """The text of a text item, or a TypeError naming the item when it is not one."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and _is_text_item(item):
+        if isinstance(item["text"], str):
+            return item["text"]
+        raise TypeError(f"{arg} item {index} has a 'text' of type {type(item['text']).__name__}; pass it a string")
+    raise TypeError(
+        f"{arg} item {index} is {_describe_item(item)}, but item 0 is text; pass every item as a string "
+        "or a dict with a string 'text' (or every item as token ids)"
+    )
+
+
+def _item_ids_of(item: Any, arg: str, index: int) -> torch.Tensor:
+    """``_item_ids`` with an error that names the argument and the item's index."""
+    if _is_text_item(item):  # only reached after item 0 was taken as ids
+        raise TypeError(
+            f"{arg} item {index} is text {_describe_item(item)}, but item 0 is token ids; "
+            "pass every item as token ids, or every item as text"
+        )
+    try:
+        return _item_ids(item)
+    except TypeError as err:
+        raise TypeError(f"{arg} item {index} is {_describe_item(item)}; each item must be {_ITEM_KINDS}") from err
+
+
+def _file_dataset(data: str | os.PathLike, arg: str, vocab_size: int, seq_len: int) -> Dataset:
+    """The bytes of a UTF-8 text file, cut into blocks of ``seq_len``."""
+    reason = _why_not_a_path(data) if isinstance(data, str) else None
+    if reason is not None:
+        raise ValueError(
+            f"{arg} is a string of {len(data)} characters that cannot be a file path ({reason}); "
+            f"pass raw text as a list of strings, e.g. {arg}=[text]"
+        )
+    path = Path(data)
+    if not _is_file(path):
+        raise ValueError(f"{arg}={str(data)[:60]!r} is not an existing file; pass raw text as a list of strings")
+    _check_text_vocab(vocab_size, f"{arg} (a text file)")
+    raw = path.read_bytes()
+    _check_text_bytes(raw, arg, path)
+    if len(raw) < seq_len:  # also keeps an empty file away from torch.frombuffer, which rejects it
+        raise ValueError(
+            f"{arg}={str(path)!r} holds {len(raw)} bytes, too few for one block of {seq_len}; pass a longer text file"
+        )
+    return BlockDataset(torch.frombuffer(bytearray(raw), dtype=torch.uint8).long(), seq_len)
+
+
+def _why_not_a_path(text: str) -> str | None:
+    """Why ``text`` cannot name a file, or None; decided without touching the filesystem.
+
+    ``Path.is_file`` raises ``OSError`` on a name over the OS limits, so raw
+    text must be told apart before it is ever used as a path.
+    """
+    if "\n" in text:
+        return "it holds a newline"
+    if "\0" in text:
+        return "it holds a NUL character"
+    n_bytes = len(text.encode("utf-8", "surrogatepass"))  # the OS limits count bytes, not characters
+    path_max = _os_path_limit("PC_PATH_MAX", 4096)
+    if n_bytes >= path_max:  # PATH_MAX counts the terminating NUL
+        return f"{n_bytes} bytes, over the {path_max - 1}-byte path limit"
+    name_max = _os_path_limit("PC_NAME_MAX", 255)
+    if any(len(part.encode("utf-8", "surrogatepass")) > name_max for part in Path(text).parts):
+        return f"a name in it is longer than the {name_max}-byte limit"
+    return None
+
+
+def _os_path_limit(name: str, default: int) -> int:
+    """``os.pathconf`` of the root folder, or ``default`` where the OS does not say (Windows has no pathconf)."""
+    try:
+        limit = os.pathconf("/", name)
+    except (AttributeError, OSError, ValueError):
+        return default
+    return limit if limit > 0 else default  # -1 means "no limit", which we do not trust
+
+
+def _is_file(path: Path) -> bool:
+    """``Path.is_file`` that answers False instead of raising for a name the OS rejects."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name the OS rejects cannot be a file we read
+        return False
+
+
+def _check_text_bytes(raw: bytes, arg: str, path: Path) -> None:
+    """Reject a binary file: its bytes would train the model on noise."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        found = f"NUL byte at offset {nul}"
+    else:
+        try:
+            raw.decode("utf-8")
+            return
+        except UnicodeDecodeError as err:
+            found = f"invalid UTF-8 at byte {err.start}"
+    raise ValueError(
+        f"{arg}={str(path)!r} is not a text file ({found}); pass a UTF-8 text file, or token ids as a tensor"
     )
 
 
@@ -195,6 +329,10 @@ def _tensor_dataset(data: torch.Tensor, arg: str, vocab_size: int, seq_len: int)
     ids = data.detach().cpu().long()
     _check_ids(ids, arg, vocab_size)
     if ids.ndim == 1:
+        if ids.numel() < seq_len:
+            raise ValueError(
+                f"{arg} holds {ids.numel()} tokens, too few for one block of {seq_len}; pass more token ids"
+            )
         return BlockDataset(ids, seq_len)
     if ids.ndim == 2:
         if ids.size(1) > seq_len:
@@ -279,15 +417,28 @@ def collate_lm_batch(
 
 
 def _item_ids(item: Any) -> torch.Tensor:
-    if isinstance(item, dict):
-        item = item.get("input_ids")
-    ids = torch.as_tensor(item)
-    if ids.ndim != 1 or ids.is_floating_point():
+    """One item's token ids as a 1-D long tensor; the item may be a dict with 'input_ids'."""
+    ids = item.get("input_ids") if isinstance(item, dict) else item
+    try:
+        tensor = torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError):  # a string, None, ragged nesting: reported below
+        tensor = None
+    if tensor is None or tensor.ndim != 1 or tensor.is_floating_point() or tensor.is_complex():
         raise TypeError(
             "each data item must be a 1-D sequence of integer token ids (or a dict with 'input_ids'), "
-            f"got {type(item).__name__} with shape {tuple(ids.shape)}"
+            f"got an item {_describe_item(item)}"
         )
-    return ids.long()
+    return tensor.long()
+
+
+def _describe_item(item: Any) -> str:
+    """A data item's type with its keys, shape or value, short enough for an error message."""
+    if isinstance(item, dict):
+        fields = ", ".join(f"{key!r}: {type(value).__name__}" for key, value in list(item.items())[:8])
+        return f"of type dict (keys {fields or 'none'})"
+    if hasattr(item, "shape") and hasattr(item, "dtype"):
+        return f"of type {type(item).__name__} (shape {tuple(item.shape)}, dtype {item.dtype})"
+    return f"of type {type(item).__name__} ({reprlib.repr(item)})"
 
 
 def make_loader(

@@ -4,51 +4,33 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn as nn
 
 from utils import wandb_helpers
+from utils.records import environment_record
+from utils.training import amp_utils
 from utils.wandb_helpers import (
+    AmpWandbCallback,
+    active_run,
     build_wandb_config,
-    detect_model_type,
     finish_wandb_run,
     has_wandb_api_key,
+    import_wandb,
     initialize_wandb_run,
     print_wandb_summary,
+    require_active_run,
+    start_run_unless_active,
 )
 
-
-class ToySeq2Seq(nn.Module):
-    """An encoder-decoder built on nn.Transformer; its class name says nothing."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(16, 8)
-        self.core = nn.Transformer(
-            d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=16, batch_first=True
-        )
-
-
-class ToyEncoder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
-        self.stack = nn.TransformerEncoder(layer, num_layers=1)
-
-
-class HandWrittenSeq2Seq(nn.Module):
-    """Separate encoder and decoder stacks whose class names contain 'Decoder'."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
-        self.decoder = nn.TransformerDecoder(
-            nn.TransformerDecoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True), num_layers=1
-        )
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -57,10 +39,6 @@ def no_wandb_key(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-such-netrc"))
-
-
-def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
 
 
 # --------------------------------------------------------------------------- import
@@ -72,78 +50,8 @@ def test_module_does_not_import_wandb_at_top_level():
     top_level = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
     names = {alias.name for node in top_level for alias in node.names}
     names |= {node.module for node in top_level if isinstance(node, ast.ImportFrom)}
-    assert "torch" in names  # the scan does see the real imports
+    assert "torch.nn" in names and "utils.records" in names  # the scan does see the real imports
     assert not any(name and name.split(".")[0] == "wandb" for name in names)
-
-
-# --------------------------------------------------------------------------- detect_model_type
-
-
-def test_detects_builtin_models(tiny_gpt, tiny_encoder):
-    assert detect_model_type(*tiny_gpt) == "gpt"
-    assert detect_model_type(*tiny_encoder) == "bert"
-    # Without an explicit config, model.config is used.
-    assert detect_model_type(tiny_encoder[0]) == "bert"
-
-
-@pytest.mark.parametrize(
-    ("model_factory", "expected"),
-    [(ToySeq2Seq, "t5"), (HandWrittenSeq2Seq, "t5"), (ToyEncoder, "bert"), (_mlp, "custom")],
-)
-def test_detects_from_module_structure(model_factory, expected):
-    assert detect_model_type(model_factory()) == expected
-
-
-def test_encoder_decoder_class_name_is_never_gpt():
-    class MyEncoderDecoder(nn.Module):
-        pass
-
-    class TextDecoder(nn.Module):
-        pass
-
-    assert detect_model_type(MyEncoderDecoder()) == "t5"
-    assert detect_model_type(TextDecoder()) == "gpt"
-
-
-def test_bert_output_layer_named_decoder_is_not_a_decoder_stack():
-    # BERT's MLM head has a Linear called 'decoder'; that is not an encoder-decoder.
-    class Head(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.decoder = nn.Linear(8, 16)
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = ToyEncoder()
-            self.head = Head()
-
-    assert detect_model_type(Net()) == "bert"
-
-
-def test_detects_hugging_face_configs():
-    transformers = pytest.importorskip("transformers")
-    tiny = dict(vocab_size=32, num_hidden_layers=1, num_attention_heads=2, hidden_size=8)
-    stub = nn.Identity()
-    assert detect_model_type(stub, transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=32)) == "gpt"
-    assert detect_model_type(stub, transformers.BertConfig(**tiny, intermediate_size=16)) == "bert"
-    assert detect_model_type(stub, transformers.T5Config(vocab_size=32, d_model=8, num_layers=1)) == "t5"
-    assert detect_model_type(stub, transformers.BartConfig(vocab_size=32, d_model=8)) == "t5"
-
-
-def test_config_dicts_and_unknown_types():
-    stub = nn.Identity()
-    assert detect_model_type(stub, {"model_type": "llama"}) == "gpt"
-    assert detect_model_type(stub, {"model_type": "deberta-v2"}) == "bert"
-    assert detect_model_type(stub, {"model_type": "gpt", "is_encoder_decoder": True}) == "t5"
-    assert detect_model_type(stub, {"causal": True}) == "gpt"
-    assert detect_model_type(HandWrittenSeq2Seq(), {"causal": True}) == "t5"  # structure beats the flag
-    assert detect_model_type(stub, {"model_type": "something-new"}) == "custom"
-
-
-def test_detect_model_type_rejects_non_module():
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
-        detect_model_type(("not", "a model"))
 
 
 # --------------------------------------------------------------------------- build_wandb_config
@@ -275,14 +183,8 @@ def test_no_api_key_falls_back_to_offline_with_sync_hint(no_wandb_key, monkeypat
 def test_summary_without_a_run_is_a_clear_error():
     wandb = pytest.importorskip("wandb")
     assert wandb.run is None
-    with pytest.raises(RuntimeError, match="no active W&B run"):
+    with pytest.raises(RuntimeError, match="print_wandb_summary.*needs an active W&B run.*initialize_wandb_run"):
         print_wandb_summary()
-
-
-def test_missing_wandb_gives_install_hint(monkeypatch):
-    monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` raise ImportError
-    with pytest.raises(ImportError, match="pip install wandb"):
-        wandb_helpers._import_wandb()
 
 
 def test_start_run_unless_active_starts_one_and_then_leaves_the_active_run_alone(wandb_dir, tiny_gpt):
@@ -297,3 +199,213 @@ def test_start_run_unless_active_starts_one_and_then_leaves_the_active_run_alone
         assert wandb.run is run
     finally:
         run.finish()
+
+
+# --------------------------------------------------------------------------- the seam: import_wandb, active_run
+
+
+@pytest.fixture
+def without_wandb(monkeypatch):
+    """Hide wandb: a None entry in sys.modules makes `import wandb` fail, as if it were not installed."""
+    monkeypatch.setitem(sys.modules, "wandb", None)
+
+
+def test_import_wandb_returns_the_module():
+    wandb = pytest.importorskip("wandb")
+    assert import_wandb() is wandb
+
+
+@pytest.mark.parametrize(
+    "entry_point",
+    [
+        lambda model, config: import_wandb(),
+        lambda model, config: active_run(),
+        lambda model, config: initialize_wandb_run(mode="offline"),
+        lambda model, config: start_run_unless_active(model, config, precision="fp32"),
+        lambda model, config: print_wandb_summary(),
+        lambda model, config: AmpWandbCallback().on_train_begin(SimpleNamespace()),
+        lambda model, config: AmpWandbCallback().on_train_start(trainer=None, pl_module=None),
+    ],
+    ids=[
+        "import_wandb",
+        "active_run",
+        "initialize_wandb_run",
+        "start_run_unless_active",
+        "print_wandb_summary",
+        "AmpWandbCallback.on_train_begin",
+        "AmpWandbCallback.on_train_start",
+    ],
+)
+def test_every_entry_point_without_wandb_gives_the_install_hint(without_wandb, wandb_dir, tiny_gpt, entry_point):
+    with pytest.raises(ImportError, match=r"install it with `pip install wandb`") as excinfo:
+        entry_point(*tiny_gpt)
+    assert type(excinfo.value) is ImportError  # not the bare ModuleNotFoundError it used to be
+    assert not (wandb_dir / "wandb").exists()
+
+
+def test_active_run_and_require_active_run_follow_wandb_run(wandb_dir):
+    wandb = pytest.importorskip("wandb")
+    assert active_run() is None
+    with pytest.raises(RuntimeError, match=r"^my check needs an active W&B run.*initialize_wandb_run\(\)"):
+        require_active_run("my check")
+    run = initialize_wandb_run(mode="offline")
+    try:
+        assert active_run() is run and wandb.run is run
+        assert require_active_run("my check") is run
+    finally:
+        run.finish()
+    assert active_run() is None
+
+
+# --------------------------------------------------------------------------- AmpWandbCallback's home
+
+
+def test_amp_wandb_callback_lives_here_and_is_still_importable_from_amp_utils():
+    from utils.training.amp_utils import AmpWandbCallback as from_amp_utils
+
+    assert from_amp_utils is AmpWandbCallback is amp_utils.AmpWandbCallback
+    assert AmpWandbCallback.__module__ == "utils.wandb_helpers"
+    assert not hasattr(amp_utils, "no_such_name")  # other names still raise AttributeError
+
+
+@pytest.mark.parametrize(
+    "first_import",
+    ["import utils.training.amp_utils as m", "import utils.wandb_helpers as m", "import utils.records as m"],
+)
+def test_fresh_interpreter_imports_without_a_cycle_or_heavy_modules(first_import):
+    # The cycle to avoid: amp_utils <- records <- wandb_helpers. Each order must work from a cold start.
+    code = (
+        f"import json, sys; {first_import}; import utils.training.amp_utils as a; cls = a.AmpWandbCallback; "
+        "print(json.dumps([cls.__module__, [n for n in ('wandb', 'pandas') if n in sys.modules]]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    module, heavy = json.loads(result.stdout.strip().splitlines()[-1])
+    assert module == "utils.wandb_helpers"
+    assert heavy == [], f"{first_import} loaded {heavy}; they must be imported where they are used"
+
+
+def test_amp_wandb_callback_without_a_run_names_itself():
+    pytest.importorskip("wandb")
+    with pytest.raises(RuntimeError, match=r"^AmpWandbCallback needs an active W&B run"):
+        AmpWandbCallback().on_log(
+            SimpleNamespace(optimizer_step=1, plan=SimpleNamespace(amp_enabled=True, name="bf16")), {}
+        )
+
+
+# --------------------------------------------------------------------------- one environment record
+
+
+def test_build_wandb_config_environment_comes_from_the_one_record(tiny_gpt):
+    wandb_config = build_wandb_config(*tiny_gpt, precision="fp32")
+    record = environment_record(torch.device("cpu"))
+    for key in ("device", "device_name", "torch_version", "cuda_version", "python_version"):
+        assert wandb_config[key] == record[key], key
+    # Only those five keys: the rest of the record would be new keys, able to clash with hyperparameters.
+    assert not {"tf32_matmul", "platform", "compile"} & set(wandb_config)
+
+
+def test_build_wandb_config_values_go_through_to_jsonable(tiny_gpt):
+    np = pytest.importorskip("numpy")
+    wandb_config = build_wandb_config(
+        *tiny_gpt, precision="fp32", ratio=np.float32(0.5), steps=np.int64(7), bad=float("nan"), layers=[1, 2]
+    )
+    assert wandb_config["ratio"] == 0.5 and type(wandb_config["ratio"]) is float
+    assert wandb_config["steps"] == 7 and type(wandb_config["steps"]) is int
+    assert wandb_config["bad"] is None  # NaN is not JSON; to_jsonable turns it into None
+    assert wandb_config["layers"] == "[1, 2]"  # the config stays flat: a list is recorded as its text
+
+
+# --------------------------------------------------------------------------- settings and init_timeout_s
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, True, "30", float("nan")])
+def test_initialize_rejects_bad_init_timeout(wandb_dir, bad):
+    with pytest.raises(ValueError, match="init_timeout_s must be a positive finite number"):
+        initialize_wandb_run(mode="offline", init_timeout_s=bad)
+    assert not (wandb_dir / "wandb").exists()  # validated before wandb.init
+
+
+def test_initialize_rejects_settings_of_the_wrong_type(wandb_dir):
+    pytest.importorskip("wandb")
+    with pytest.raises(ValueError, match="settings must be a wandb.Settings or a dict, got str"):
+        initialize_wandb_run(mode="offline", settings="silent")
+    assert not (wandb_dir / "wandb").exists()
+
+
+def test_user_settings_are_merged_with_the_timeout_and_win(wandb_dir):
+    wandb = pytest.importorskip("wandb")
+    user_settings = wandb.Settings(silent=False)
+    run = initialize_wandb_run(mode="offline", init_timeout_s=12, settings=user_settings)
+    try:
+        assert run.settings.init_timeout == 12 and run.settings.silent is False
+    finally:
+        run.finish()
+    assert user_settings.model_fields_set == {"silent"}  # the caller's Settings is left as it was
+    run = initialize_wandb_run(mode="offline", init_timeout_s=12, settings={"init_timeout": 7})
+    try:
+        assert run.settings.init_timeout == 7 and run.settings.silent is True
+    finally:
+        run.finish()
+
+
+# --------------------------------------------------------------------------- an API key but no network
+
+# Run in a fresh interpreter: wandb reads WANDB_* variables once per process, so in this
+# process (where earlier tests already started wandb) a new WANDB_BASE_URL would be ignored
+# and the fake key sent to the real host.
+_NO_NETWORK_SCRIPT = """
+import json, sys, warnings
+from utils.wandb_helpers import initialize_wandb_run
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    run = initialize_wandb_run(name="no-network", mode="online", init_timeout_s=float(sys.argv[1]))
+mode = run.settings.mode
+run.log({"fallback/metric": 1.25})
+run.finish()
+print(json.dumps({"mode": mode, "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+@pytest.fixture
+def closed_loopback_port():
+    """A loopback port that refuses connections: bound, so nothing else takes it, but never listening."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def test_online_start_without_network_falls_back_offline_with_one_warning(
+    wandb_dir, closed_loopback_port, offline_wandb_log
+):
+    pytest.importorskip("wandb")
+    env = {key: value for key, value in os.environ.items() if key != "WANDB_MODE"}
+    env.update(
+        WANDB_API_KEY="f" * 40,  # a well-formed but fake key: wandb goes online and tries the host
+        WANDB_BASE_URL=f"http://127.0.0.1:{closed_loopback_port}",
+        WANDB_DIR=str(wandb_dir),
+        WANDB_ERROR_REPORTING="false",  # nothing may leave the machine, not even a crash report
+    )
+    # Safety net only: 60 s is far above the 2 s asked for, and below wandb's own 90 s
+    # default, so a timeout that is not passed through still fails this test.
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_NETWORK_SCRIPT, "2"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["mode"] == "offline"
+    fallback = [message for message in outcome["warnings"] if message.startswith("W&B:")]
+    assert len(fallback) == 1, outcome["warnings"]
+    message = fallback[0]
+    assert "\n" not in message
+    assert f"127.0.0.1:{closed_loopback_port} did not start within init_timeout_s=2" in message
+    assert "CommError" in message and "wandb sync " in message and str(wandb_dir) in message
+    assert b"fallback/metric" in offline_wandb_log(b"fallback/metric")

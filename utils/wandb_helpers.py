@@ -1,9 +1,13 @@
-"""Weights & Biases helpers: name the model family, build a flat run config, open and close runs.
+"""Weights & Biases behind one seam: import it, find the active run, build a flat config, open and close runs.
 
-``wandb`` is optional: it is imported inside the functions that need it, so
-``import utils.wandb_helpers`` works without it. Runs never prompt for a
-login: without an API key they are written offline and can be uploaded later
-with ``wandb sync <dir>``.
+``wandb`` is optional: it is imported inside the functions that need it,
+through ``import_wandb``, so ``import utils.wandb_helpers`` works without it
+and every W&B entry point fails with the same install hint. ``active_run`` and
+``require_active_run`` are the one place that asks "is there a W&B run?".
+
+Runs never prompt for a login and never lose their metrics: without an API key,
+or when the online start fails (no network, a bad key), they are written
+offline and can be uploaded later with ``wandb sync <dir>``.
 
 Example:
     >>> plan = resolve_precision("auto", use_amp=True)
@@ -15,163 +19,85 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import netrc
 import os
-import platform
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import torch
 import torch.nn as nn
 
-from utils.model_helpers import count_parameters, device_name, get_config_value, model_device, validate_model
+from utils.checks import check_positive_int, check_positive_number
+from utils.model_family import detect_model_type as detect_model_type  # re-exported: it used to live here
+from utils.model_helpers import count_parameters, get_config_value, model_device, validate_model
+from utils.records import environment_record, to_jsonable
+from utils.training.amp_utils import PRECISION_NAMES as PRECISION_NAMES  # derived from the one precision table
 
 WANDB_MODES = ("online", "offline", "disabled")
-PRECISION_NAMES = ("fp32", "fp16", "bf16")
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
 _CONFIG_SIZE_FIELDS = ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads")
+# The part of utils.records.environment_record a run config has always carried.
+_ENVIRONMENT_FIELDS = ("device", "device_name", "torch_version", "cuda_version", "python_version")
 
 # Legacy WANDB_MODE values that wandb itself still accepts.
 _ENV_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
 
-# Hugging Face ``model_type`` values, normalized with _normalize_type ('-' -> '_').
-_SEQ2SEQ_MODEL_TYPES = frozenset({
-    "t5", "mt5", "umt5", "longt5", "t5gemma", "switch_transformers", "bart", "mbart", "plbart", "mvp",
-    "pegasus", "pegasus_x", "bigbird_pegasus", "marian", "fsmt", "m2m_100", "nllb_moe", "led",
-    "prophetnet", "xlm_prophetnet", "blenderbot", "blenderbot_small", "encoder_decoder",
-    "speech_encoder_decoder", "vision_encoder_decoder", "whisper", "seamless_m4t", "seq2seq",
-})  # fmt: skip
-_DECODER_MODEL_TYPES = frozenset({
-    "gpt", "gpt2", "openai_gpt", "gpt_neo", "gpt_neox", "gptj", "gpt_bigcode", "codegen", "ctrl",
-    "llama", "mistral", "mixtral", "opt", "bloom", "falcon", "mpt", "phi", "phi3", "qwen2", "qwen3",
-    "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "stablelm", "starcoder2", "biogpt", "persimmon",
-    "cohere", "granite", "deepseek_v2", "deepseek_v3", "mamba", "rwkv", "jamba", "smollm3",
-})  # fmt: skip
-_ENCODER_MODEL_TYPES = frozenset({
-    "bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta_v2", "xlm_roberta",
-    "xlm_roberta_xl", "camembert", "flaubert", "xlm", "mpnet", "ernie", "funnel", "longformer",
-    "big_bird", "megatron_bert", "mobilebert", "squeezebert", "convbert", "rembert", "roformer",
-    "nezha", "luke", "canine", "ibert", "data2vec_text", "modernbert", "esm", "layoutlm",
-})  # fmt: skip
 
-# Lower-case substrings of class names (or unknown model_type strings), checked
-# family by family in this order: 'encoderdecoder' must win before 'decoder' does.
-_NAME_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("t5", ("t5", "bart", "pegasus", "marian", "seq2seq", "encoderdecoder", "encoder_decoder")),
-    ("gpt", ("gpt", "causallm", "decoder", "llama", "mistral")),
-    ("bert", ("bert", "encoder", "maskedlm", "electra")),
-)
+# --------------------------------------------------------------------------- the seam
 
 
-# --------------------------------------------------------------------------- model family
+def import_wandb() -> Any:
+    """The ``wandb`` module, or an ImportError that says how to install it.
 
-
-def detect_model_type(model: nn.Module, config: Any = None) -> str:
-    """Name the model family: 'gpt' (decoder-only), 'bert' (encoder), 't5' (encoder-decoder) or 'custom'.
-
-    Checked in order: the config's ``is_encoder_decoder`` and ``model_type``;
-    the module structure (an ``nn.Transformer``, or both an encoder and a
-    decoder stack, means 't5'); the config's ``is_decoder``/``causal`` flags;
-    then class names, seq2seq names first. So an encoder-decoder is never
-    reported as 'gpt' unless its config says so.
-
-    Args:
-        model: the model. Its ``.config`` is used when ``config`` is None.
-        config: a dataclass, dict, namespace or Hugging Face config, or None.
-
-    Returns:
-        'gpt', 'bert', 't5' or 'custom'.
+    Every W&B entry point in ``utils`` imports wandb through here, so a missing
+    package always gives the same message instead of a bare ModuleNotFoundError.
 
     Raises:
-        TypeError: if ``model`` is not an ``nn.Module``.
+        ImportError: if wandb is not installed.
+    """
+    try:
+        import wandb
+    except ImportError as err:
+        raise ImportError(
+            "W&B logging needs the 'wandb' package; install it with `pip install wandb`, "
+            "or run without W&B logging (use_wandb=False)"
+        ) from err
+    return wandb
+
+
+def active_run() -> Any:
+    """The active W&B run (``wandb.run``), or None when no run is active.
+
+    Raises:
+        ImportError: if wandb is not installed.
+    """
+    return import_wandb().run
+
+
+def require_active_run(purpose: str) -> Any:
+    """The active W&B run, or a RuntimeError that says who needs one and how to start it.
+
+    Args:
+        purpose: who needs the run, e.g. 'AmpWandbCallback'; it starts the message.
+
+    Raises:
+        RuntimeError: if no run is active.
+        ImportError: if wandb is not installed.
 
     Example:
-        >>> detect_model_type(*tiny_gpt())
-        'gpt'
+        >>> run = require_active_run("MetricsTracker(use_wandb=True)")
     """
-    validate_model(model)
-    if config is None:
-        config = getattr(model, "config", None)
-    return (
-        _family_from_config_type(config)
-        or ("t5" if _has_encoder_and_decoder(model) else None)
-        or _family_from_causal_flag(config)
-        or _family_from_class_names(model)
-        or "custom"
-    )
-
-
-def _normalize_type(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
-
-
-def _family_from_config_type(config: Any) -> str | None:
-    """The family named by ``is_encoder_decoder`` or ``model_type``, or None when the config does not say."""
-    if get_config_value(config, "is_encoder_decoder") is True:
-        return "t5"
-    model_type = get_config_value(config, "model_type")
-    if isinstance(model_type, str) and model_type.strip():
-        return _family_of_model_type(_normalize_type(model_type))
-    return None
-
-
-def _family_from_causal_flag(config: Any) -> str | None:
-    """'gpt' for a causal config, 'bert' for ``causal=False``; checked after the structure."""
-    # HF configs default is_decoder to False for every model, so only True is a signal.
-    if get_config_value(config, "is_decoder") is True or get_config_value(config, "causal") is True:
-        return "gpt"
-    if get_config_value(config, "causal") is False:
-        return "bert"
-    return None
-
-
-def _family_of_model_type(model_type: str) -> str | None:
-    for family, known in (("t5", _SEQ2SEQ_MODEL_TYPES), ("gpt", _DECODER_MODEL_TYPES), ("bert", _ENCODER_MODEL_TYPES)):
-        if model_type in known:
-            return family
-    return _family_of_name(model_type)
-
-
-def _family_of_name(name: str) -> str | None:
-    """Match one class name or type string against the family patterns, seq2seq first."""
-    lowered = name.lower()
-    for family, patterns in _NAME_PATTERNS:
-        if any(pattern in lowered for pattern in patterns):
-            return family
-    return None
-
-
-def _family_from_class_names(model: nn.Module) -> str | None:
-    """The family suggested by the model's class name, else by its submodules' class names."""
-    top_level = _family_of_name(type(model).__name__)
-    if top_level is not None:
-        return top_level
-    families = {_family_of_name(type(module).__name__) for module in model.modules()}
-    for family in ("t5", "gpt", "bert"):
-        if family in families:
-            return family
-    return None
-
-
-def _has_encoder_and_decoder(model: nn.Module) -> bool:
-    """True for an ``nn.Transformer`` or a model with both an encoder and a decoder stack.
-
-    A stack is a submodule with children whose attribute name ends in
-    'encoder'/'decoder', or a built-in ``nn.TransformerEncoder``/``Decoder``.
-    A bare layer named 'decoder' (BERT's output projection is one) does not count.
-    """
-    has_encoder = has_decoder = False
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Transformer):
-            return True
-        leaf = name.rsplit(".", 1)[-1].lower()
-        is_stack = next(module.children(), None) is not None
-        has_encoder |= isinstance(module, nn.TransformerEncoder) or (is_stack and leaf.endswith("encoder"))
-        has_decoder |= isinstance(module, nn.TransformerDecoder) or (is_stack and leaf.endswith("decoder"))
-    return has_encoder and has_decoder
+    run = active_run()
+    if run is None:
+        raise RuntimeError(
+            f"{purpose} needs an active W&B run, and none is active; start one with "
+            "utils.wandb_helpers.initialize_wandb_run() or wandb.init() first "
+            "(test_fine_tuning(use_wandb=True) starts one for you)"
+        )
+    return run
 
 
 # --------------------------------------------------------------------------- run config
@@ -187,8 +113,9 @@ def build_wandb_config(model: nn.Module, config: Any, *, precision: str, **hyper
         precision: the precision that really runs: pass the resolved
             ``PrecisionPlan.name`` ('fp32', 'fp16' or 'bf16'), not what was requested.
         **hyperparams: anything else to record (learning_rate, batch_size, ...).
-            Nested dicts are flattened to 'outer.inner' keys; values that are not
-            str/int/float/bool/None are stored as their string form.
+            Nested dicts are flattened to 'outer.inner' keys; tensors and numpy
+            scalars become numbers, NaN and infinity None, and any other object
+            (a list, a dtype) its string form.
 
     Returns:
         A flat dict: model_type, model_class, params_total, params_trainable,
@@ -208,11 +135,12 @@ def build_wandb_config(model: nn.Module, config: Any, *, precision: str, **hyper
     _validate_precision(precision)
     if config is None:
         config = getattr(model, "config", None)
+    environment = environment_record(model_device(model))
     run_config = {
         **_describe_model(model, config),
         "mixed_precision": precision,
         "amp_enabled": precision != "fp32",
-        **_describe_environment(model_device(model)),
+        **{name: environment[name] for name in _ENVIRONMENT_FIELDS},
     }
     extra = _flatten_hyperparams(hyperparams)
     clashes = sorted(set(extra) & set(run_config))
@@ -235,23 +163,13 @@ def _validate_precision(precision: Any) -> None:
 
 def _describe_model(model: nn.Module, config: Any) -> dict[str, Any]:
     counts = count_parameters(model)
-    sizes = {name: _to_json_value(get_config_value(config, name)) for name in _CONFIG_SIZE_FIELDS}
+    sizes = {name: _json_scalar(get_config_value(config, name)) for name in _CONFIG_SIZE_FIELDS}
     return {
         "model_type": detect_model_type(model, config),
         "model_class": type(model).__name__,
         "params_total": counts["total"],
         "params_trainable": counts["trainable"],
         **sizes,
-    }
-
-
-def _describe_environment(device: torch.device) -> dict[str, Any]:
-    return {
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda,
-        "python_version": platform.python_version(),
     }
 
 
@@ -262,20 +180,14 @@ def _flatten_hyperparams(values: Mapping[str, Any], prefix: str = "") -> dict[st
         if isinstance(value, Mapping):
             flat.update(_flatten_hyperparams(value, prefix=f"{name}."))
         else:
-            flat[name] = _to_json_value(value)
+            flat[name] = _json_scalar(value)
     return flat
 
 
-def _to_json_value(value: Any) -> str | int | float | bool | None:
-    """Keep JSON scalars; unwrap one-element tensors and numpy scalars; stringify the rest."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()  # a sync, but this runs once per run, not per step
-    item = getattr(value, "item", None)
-    if callable(item) and type(value).__module__ == "numpy":
-        return item()
-    return str(value)
+def _json_scalar(value: Any) -> str | int | float | bool | None:
+    """``to_jsonable``'s answer where it is a scalar; a list or tuple as its text, since W&B configs here are flat."""
+    converted = to_jsonable(value)
+    return str(value) if isinstance(converted, (list, dict)) else converted
 
 
 # --------------------------------------------------------------------------- runs
@@ -290,14 +202,16 @@ def initialize_wandb_run(
     tags: Sequence[str] | None = None,
     mode: str | None = None,
     dir: str | os.PathLike | None = None,
+    init_timeout_s: float = 30.0,
     **init_kwargs: Any,
 ) -> Any:
-    """Start a W&B run that never prompts for a login.
+    """Start a W&B run that never prompts for a login and never loses its metrics.
 
-    The mode is ``mode`` if given, else ``WANDB_MODE``, else 'online'. An
-    online run without an API key (no ``WANDB_API_KEY`` and no netrc entry for
-    the W&B host) is written offline instead, with one warning that says where
-    and how to upload it later (``wandb sync <dir>``).
+    The mode is ``mode`` if given, else ``WANDB_MODE``, else 'online'. An online
+    run is written offline instead, with one warning line that says why, where
+    and how to upload it later (``wandb sync <dir>``), when there is no API key
+    (no ``WANDB_API_KEY`` and no netrc entry for the W&B host) or when the online
+    start fails: no network, an unreachable host or a rejected key.
 
     Args:
         project: the W&B project.
@@ -308,14 +222,19 @@ def initialize_wandb_run(
         mode: None, 'online', 'offline' or 'disabled'.
         dir: folder under which wandb writes ``wandb/<run folder>``; created if
             missing. Default: ``WANDB_DIR`` as it is now, else the current directory.
-        **init_kwargs: passed on to ``wandb.init`` (``settings`` replaces the
-            default silent settings).
+        init_timeout_s: how long an online start may take before the run goes
+            offline (wandb's own default, 90 s, retries an unreachable host that long).
+            It is wandb's ``init_timeout`` setting and overrides ``WANDB_INIT_TIMEOUT``.
+        **init_kwargs: passed on to ``wandb.init``. A ``settings`` (``wandb.Settings``
+            or dict) is merged with the defaults here (silent, ``init_timeout_s``);
+            the fields it sets win.
 
     Returns:
         The ``wandb`` Run (a no-op run for mode 'disabled').
 
     Raises:
-        ValueError: on a bad ``mode``, ``WANDB_MODE``, ``project`` or ``tags``.
+        ValueError: on a bad ``mode``, ``WANDB_MODE``, ``project``, ``tags``,
+            ``init_timeout_s`` or ``settings``.
         TypeError: if ``config`` is not a mapping.
         ImportError: if wandb is not installed.
 
@@ -324,31 +243,77 @@ def initialize_wandb_run(
     """
     requested = _requested_mode(mode)
     _validate_run_args(project, config, tags)
-    wandb = _import_wandb()
-    no_key = requested == "online" and not has_wandb_api_key()
-    # wandb reads WANDB_DIR once per process; pass it each time so a later change is honoured.
-    dir = dir if dir is not None else os.environ.get("WANDB_DIR")
-    if dir is not None:
-        Path(dir).mkdir(parents=True, exist_ok=True)  # wandb warns about a missing dir
-    init_kwargs.setdefault("settings", wandb.Settings(silent=True))
-    run = wandb.init(
+    check_positive_number(init_timeout_s, "init_timeout_s")
+    wandb = import_wandb()
+    user_settings = init_kwargs.pop("settings", None)
+    _check_settings(wandb, user_settings)
+    settings = functools.partial(_merged_settings, wandb, user_settings, init_timeout_s)
+    init_kwargs.update(
         project=project,
         name=name,
         config=dict(config) if config is not None else None,
         group=group,
         tags=list(tags) if tags is not None else None,
-        mode="offline" if no_key else requested,
-        dir=str(dir) if dir is not None else None,
-        **init_kwargs,
+        dir=_run_dir(dir),
     )
-    if no_key:
-        sync_dir = run.settings.sync_dir
-        warnings.warn(
-            f"W&B: no API key found (WANDB_API_KEY or a netrc entry for {_wandb_host()}), so this run is "
-            f"logged offline to {sync_dir}; upload it later with `wandb sync {sync_dir}`",
-            stacklevel=2,
-        )
+    if requested == "online" and not has_wandb_api_key():
+        reason = f"no API key found (WANDB_API_KEY or a netrc entry for {_wandb_host()})"
+        return _start_offline_instead(wandb, settings, init_kwargs, reason)
+    try:
+        return wandb.init(mode=requested, settings=settings(), **init_kwargs)
+    except (wandb.errors.Error, TimeoutError) as err:
+        if requested != "online":
+            raise
+        return _start_offline_instead(wandb, settings, init_kwargs, _online_failure(err, init_timeout_s))
+
+
+def _check_settings(wandb: Any, settings: Any) -> None:
+    if settings is not None and not isinstance(settings, (Mapping, wandb.Settings)):
+        raise ValueError(f"settings must be a wandb.Settings or a dict, got {type(settings).__name__}")
+
+
+def _merged_settings(wandb: Any, user_settings: Any, init_timeout_s: float) -> Any:
+    """Silent settings with ``init_timeout``, overlaid with the fields the caller set.
+
+    Built afresh for each ``wandb.init`` attempt: wandb writes into the Settings it is given.
+    """
+    defaults = {"silent": True, "init_timeout": float(init_timeout_s)}
+    if user_settings is None:
+        return wandb.Settings(**defaults)
+    if isinstance(user_settings, Mapping):
+        return wandb.Settings(**{**defaults, **user_settings})
+    unset = {key: value for key, value in defaults.items() if key not in user_settings.model_fields_set}
+    return user_settings.model_copy(update=unset)
+
+
+def _run_dir(dir: str | os.PathLike | None) -> str | None:
+    """The folder to pass to ``wandb.init``, created if missing (wandb only warns about a missing one)."""
+    # wandb reads WANDB_DIR once per process; pass it each time so a later change is honoured.
+    dir = dir if dir is not None else os.environ.get("WANDB_DIR")
+    if dir is None:
+        return None
+    Path(dir).mkdir(parents=True, exist_ok=True)
+    return str(dir)
+
+
+def _start_offline_instead(wandb: Any, settings: Callable[[], Any], init_kwargs: dict[str, Any], reason: str) -> Any:
+    """Start the run offline and say, in one warning line, why and how to upload it later."""
+    run = wandb.init(mode="offline", settings=settings(), **init_kwargs)
+    sync_dir = run.settings.sync_dir
+    warnings.warn(
+        f"W&B: {reason}, so this run is logged offline to {sync_dir}; upload it later with `wandb sync {sync_dir}`",
+        stacklevel=3,  # the caller of initialize_wandb_run
+    )
     return run
+
+
+def _online_failure(err: BaseException, init_timeout_s: float) -> str:
+    """Why the online start failed, on one line (wandb's messages run to several)."""
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    return (
+        f"the online run at {_wandb_host()} did not start within init_timeout_s={init_timeout_s:g} "
+        f"({type(err).__name__}: {first_line})"
+    )
 
 
 def _requested_mode(mode: str | None) -> str:
@@ -373,9 +338,7 @@ def _validate_run_args(project: Any, config: Any, tags: Any) -> None:
     if not isinstance(project, str) or not project.strip():
         raise ValueError(f"project must be a non-empty string, got {project!r}")
     if config is not None and not isinstance(config, Mapping):
-        raise TypeError(
-            f"config must be a dict (e.g. from build_wandb_config), got {type(config).__name__}"
-        )
+        raise TypeError(f"config must be a dict (e.g. from build_wandb_config), got {type(config).__name__}")
     if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
         raise ValueError(f"tags must be a list of strings, got {tags!r}; e.g. tags=['amp', 'bf16']")
 
@@ -394,10 +357,11 @@ def start_run_unless_active(
     Returns:
         The run started here, which the caller must finish, or None when a
         run was already active (the caller leaves that one alone).
-    """
-    import wandb
 
-    if wandb.run is not None:
+    Raises:
+        ImportError: if wandb is not installed.
+    """
+    if active_run() is not None:
         return None
     wandb_config = build_wandb_config(model, config, precision=precision, **hyperparams)
     return initialize_wandb_run(project=project, name=name, config=wandb_config)
@@ -464,7 +428,7 @@ def describe_wandb_run(run: Any = None) -> dict[str, Any]:
 def _summary_value(value: Any) -> str | int | float | bool | None:
     """A scalar as is; a logged media object (histogram, table ...) as '<its type>'; a nested dict as text."""
     if not callable(getattr(value, "keys", None)):
-        return _to_json_value(value)
+        return _json_scalar(value)
     nested = {key: value[key] for key in value.keys()}  # wandb's SummarySubDict is not a Mapping
     return f"<{nested['_type']}>" if isinstance(nested.get("_type"), str) else str(nested)
 
@@ -507,7 +471,7 @@ def finish_wandb_run(run: Any = None, *, exit_code: int | None = None) -> dict[s
         RuntimeError: if ``run`` is None and no run is active, or the run is already finished.
     """
     run = _resolve_run(run)
-    wandb = _import_wandb()
+    wandb = import_wandb()
     try:
         # A row logged with an explicit step= waits for the next step; commit it so the summary is final.
         run.log({}, commit=True)
@@ -521,20 +485,78 @@ def finish_wandb_run(run: Any = None, *, exit_code: int | None = None) -> dict[s
 def _resolve_run(run: Any) -> Any:
     if run is not None:
         return run
-    wandb = _import_wandb()
-    if wandb.run is None:
-        raise RuntimeError(
-            "there is no active W&B run; start one with initialize_wandb_run(...) or pass run="
+    return require_active_run("describe_wandb_run/print_wandb_summary/finish_wandb_run with run=None")
+
+
+# --------------------------------------------------------------------------- callback
+
+
+class AmpWandbCallback:
+    """Logs ``amp/enabled``, ``amp/precision`` and ``amp/loss_scale`` to W&B.
+
+    Use it in ``test_fine_tuning(..., callbacks=[AmpWandbCallback()])``, or,
+    with Lightning installed, ``Trainer(callbacks=[AmpWandbCallback.for_lightning()])``.
+    Errors are never swallowed: no active W&B run raises at train start, and a
+    failing ``wandb.log`` propagates.
+
+    Args:
+        log_every: log at every ``log_every``-th optimizer step (or Lightning batch).
+
+    Raises:
+        ValueError: if ``log_every`` is not a positive integer.
+    """
+
+    def __init__(self, log_every: int = 1) -> None:
+        check_positive_int(log_every, "log_every")
+        self.log_every = log_every
+
+    # -- test_fine_tuning hooks ------------------------------------------------
+    def on_train_begin(self, state: Any) -> None:
+        require_active_run("AmpWandbCallback")
+
+    def on_log(self, state: Any, row: dict[str, Any]) -> None:
+        """Called by the training loop at each ``log_every`` boundary with the metrics row."""
+        if state.optimizer_step % self.log_every:
+            return
+        self._log(
+            {
+                "amp/enabled": state.plan.amp_enabled,
+                "amp/precision": state.plan.name,
+                "amp/loss_scale": row.get("amp/loss_scale"),
+            }
         )
-    return wandb.run
 
+    # -- Lightning hooks -------------------------------------------------------
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        require_active_run("AmpWandbCallback")
 
-def _import_wandb() -> Any:
-    try:
-        import wandb
-    except ImportError as err:
-        raise ImportError(
-            "W&B logging needs the 'wandb' package; install it with `pip install wandb`, "
-            "or run without W&B logging"
-        ) from err
-    return wandb
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx % self.log_every:
+            return
+        precision = str(getattr(trainer, "precision", "32"))
+        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+        self._log(
+            {
+                "amp/enabled": not precision.startswith("32"),
+                "amp/precision": precision,
+                # get_scale() syncs; it runs only every log_every batches.
+                "amp/loss_scale": scaler.get_scale() if scaler is not None else None,
+            }
+        )
+
+    @classmethod
+    def for_lightning(cls, log_every: int = 1) -> AmpWandbCallback:
+        """An instance that is also a Lightning ``Callback`` (needs lightning installed)."""
+        try:
+            from lightning.pytorch import Callback
+        except ImportError:
+            try:
+                from pytorch_lightning import Callback
+            except ImportError as err:
+                raise ImportError("AmpWandbCallback.for_lightning needs Lightning: pip install lightning") from err
+        lightning_cls = type("LightningAmpWandbCallback", (cls, Callback), {})
+        return lightning_cls(log_every=log_every)
+
+    @staticmethod
+    def _log(values: dict[str, Any]) -> None:
+        require_active_run("AmpWandbCallback").log({k: v for k, v in values.items() if v is not None})

@@ -1,20 +1,41 @@
-"""One flat metrics dict per step or epoch, feeding a DataFrame, a CSV and W&B.
+"""One flat metrics dict per step or epoch, feeding a DataFrame and W&B.
+
+W&B's x-axis is the optimizer step: step rows go to W&B at ``step=row['train/step']``
+and epoch rows at the ``step`` the training loop passes (the optimizer step at
+the epoch's end). A tracker with a ``wandb_prefix`` shares its run with another
+one (the AMP benchmark's 'fp32/' and 'bf16/' arms, each counting from step 1),
+so it charts its keys against its own '<prefix>train/step' key instead.
 
 Example:
     >>> tracker = MetricsTracker()
-    >>> tracker.log_epoch(0, {"train/loss": 2.3}, {"val/loss": 2.1})
+    >>> tracker.log_step({"train/step": 10, "train/loss": 2.4})
+    >>> tracker.log_epoch(0, {"train/loss": 2.3}, {"val/loss": 2.1}, learning_rate=3e-4, step=20)
     >>> tracker.get_summary()   # a pandas DataFrame, one row per epoch
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from utils.checks import (
+    check_bool,
+    check_choice,
+    check_non_negative_int,
+    check_non_negative_number,
+    check_str,
+    is_int,
+)
 from utils.training.data import IGNORE_INDEX
+from utils.wandb_helpers import require_active_run
+
+STEP_KEY = "train/step"
+# An epoch row shares its W&B step with the last step row; these of its keys go to W&B under their own
+# names, so the epoch means never overwrite that step's window means (and the step rows carry 'lr').
+EPOCH_WANDB_KEYS = {"train/loss": "train/epoch_loss", "train/accuracy": "train/epoch_accuracy", "lr": None}
 
 
 class MetricsTracker:
@@ -24,14 +45,21 @@ class MetricsTracker:
         use_wandb: log every row to the active W&B run.
         wandb_prefix: put before every W&B key (e.g. 'fp32/'), so two runs of
             a comparison can share one W&B run without colliding.
+
+    Raises:
+        ValueError: if ``use_wandb`` is not a bool or ``wandb_prefix`` is not a string.
     """
 
     def __init__(self, use_wandb: bool = False, wandb_prefix: str = "") -> None:
+        check_bool(use_wandb, "use_wandb")
+        if wandb_prefix != "":
+            check_str(wandb_prefix, "wandb_prefix")
         self.use_wandb = use_wandb
         self.wandb_prefix = wandb_prefix
         self.epoch_rows: list[dict[str, Any]] = []
         self.step_rows: list[dict[str, Any]] = []
         self.scalars: list[dict[str, Any]] = []
+        self._step_metric_run_id: str | None = None  # the run in which the prefixed step metric is defined
 
     @staticmethod
     def compute_perplexity(loss: float) -> float:
@@ -57,33 +85,62 @@ class MetricsTracker:
     def log_epoch(
         self,
         epoch: int,
-        train_metrics: dict[str, Any],
-        val_metrics: dict[str, Any] | None = None,
+        train_metrics: Mapping[str, Any],
+        val_metrics: Mapping[str, Any] | None = None,
         learning_rate: float | None = None,
-        gradient_norm: float | None = None,
-        epoch_duration_s: float | None = None,
-        **extra: Any,
+        step: int | None = None,
     ) -> dict[str, Any]:
-        """Record one epoch as a flat row, log it, and return it."""
+        """Record one epoch as a flat row, log it, and return it.
+
+        Args:
+            epoch: the epoch number (from 0).
+            train_metrics: e.g. ``{"train/loss": 2.3}``.
+            val_metrics: e.g. ``{"val/loss": 2.1, "val/accuracy": 0.4}``; 'val/perplexity'
+                is added from 'val/loss' unless given.
+            learning_rate: stored as 'lr' when given.
+            step: the optimizer step at the epoch's end, stored as 'train/step' and
+                used as the W&B step; None logs at W&B's own step counter.
+
+        Returns:
+            The row: epoch, the metrics, and lr, train/step and val/perplexity where they apply.
+
+        Raises:
+            ValueError: on a bad argument, naming it.
+            RuntimeError: if ``use_wandb`` and no W&B run is active.
+        """
+        check_non_negative_int(epoch, "epoch")
+        _check_metrics(train_metrics, "train_metrics")
+        _check_metrics(val_metrics, "val_metrics", allow_none=True)
+        check_non_negative_number(learning_rate, "learning_rate", allow_none=True)
+        check_non_negative_int(step, "step", allow_none=True)
         row: dict[str, Any] = {"epoch": epoch, **train_metrics, **(val_metrics or {})}
-        optional = {"lr": learning_rate, "train/grad_norm": gradient_norm, "epoch_time_s": epoch_duration_s}
-        row.update({k: v for k, v in optional.items() if v is not None})
-        row.update(extra)
+        optional = {"lr": learning_rate, STEP_KEY: step}
+        row.update({key: value for key, value in optional.items() if value is not None})
         if "val/loss" in row and "val/perplexity" not in row:
             row["val/perplexity"] = self.compute_perplexity(row["val/loss"])
         self.epoch_rows.append(row)
-        self._send(row)
+        # The epoch row closes its step: commit it, so the W&B summary shows it now rather than at the next step.
+        renamed = {EPOCH_WANDB_KEYS.get(key, key): value for key, value in row.items()}
+        self._send({key: value for key, value in renamed.items() if key is not None}, commit=True)
         return row
 
-    def log_step(self, row: dict[str, Any]) -> None:
-        """Record one logging-step row (``train/step``, ``train/loss``, ``lr`` ...)."""
+    def log_step(self, row: Mapping[str, Any]) -> None:
+        """Record one logging-step row (``train/step``, ``train/loss``, ``lr`` ...) and log it at ``train/step``.
+
+        Raises:
+            ValueError: if ``row`` is not a dict.
+            RuntimeError: if ``use_wandb`` and no W&B run is active.
+        """
+        _check_metrics(row, "row")
         self.step_rows.append(dict(row))
         self._send(row)
 
     def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
-        """Record a single named value, e.g. a benchmark figure."""
+        """Record a single named value, e.g. a benchmark figure, at ``step`` if given."""
+        check_str(name, "name")
+        check_non_negative_int(step, "step", allow_none=True)
         self.scalars.append({"name": name, "value": value, "step": step})
-        self._send({name: value} if step is None else {name: value, "train/step": step})
+        self._send({name: value} if step is None else {name: value, STEP_KEY: step})
 
     def get_summary(self):
         """Per-epoch rows as a pandas DataFrame."""
@@ -98,26 +155,49 @@ class MetricsTracker:
         return pd.DataFrame(self.step_rows)
 
     def get_best_epoch(self, metric: str = "val/loss", mode: str = "min") -> int | None:
-        """The epoch with the best ``metric``, or None when no epoch has it."""
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        """The epoch with the best ``metric`` ('min' or 'max' ``mode``), or None when no epoch has it."""
+        check_str(metric, "metric")
+        check_choice(mode, "mode", ("min", "max"))
         rows = [r for r in self.epoch_rows if isinstance(r.get(metric), (int, float)) and not math.isnan(r[metric])]
         if not rows:
             return None
         pick = min if mode == "min" else max
         return pick(rows, key=lambda r: r[metric])["epoch"]
 
-    def to_csv(self, path: str | Path, steps: bool = False) -> Path:
-        """Write the epoch rows (or the step rows) to a CSV file and return its path."""
-        path = Path(path)
-        (self.get_step_history() if steps else self.get_summary()).to_csv(path, index=False)
-        return path
-
-    def _send(self, row: dict[str, Any]) -> None:
+    def _send(self, row: Mapping[str, Any], *, commit: bool | None = None) -> None:
+        """Log ``row`` (None values left out, keys prefixed) to the active W&B run."""
         if not self.use_wandb:
             return
-        import wandb
+        run = require_active_run("MetricsTracker(use_wandb=True)")
+        values = {f"{self.wandb_prefix}{key}": value for key, value in row.items() if value is not None}
+        if self.wandb_prefix:
+            self._define_prefixed_step_metric(run)
+            run.log(values)
+        else:
+            run.log(values, step=_wandb_step(run, row), commit=commit)
 
-        if wandb.run is None:
-            raise RuntimeError("MetricsTracker(use_wandb=True) needs an active W&B run; call wandb.init() first")
-        wandb.run.log({f"{self.wandb_prefix}{k}": v for k, v in row.items() if v is not None})
+    def _define_prefixed_step_metric(self, run: Any) -> None:
+        # Each arm of the AMP benchmark counts from step 1 in the same run, so step= would go backwards
+        # and wandb would drop the second arm; each prefix gets its own x-axis key instead.
+        if self._step_metric_run_id == run.id:
+            return
+        run.define_metric(f"{self.wandb_prefix}*", step_metric=f"{self.wandb_prefix}{STEP_KEY}")
+        self._step_metric_run_id = run.id
+
+
+def _wandb_step(run: Any, row: Mapping[str, Any]) -> int | None:
+    """The row's optimizer step as the W&B step, or None (W&B's own counter) where that cannot be used."""
+    step = row.get(STEP_KEY)
+    if not is_int(step):
+        return None
+    # wandb drops a row whose step is behind its counter. Another logger (AmpWandbCallback logs without
+    # step=) may have closed this step already; then the row goes to the current step rather than nowhere.
+    return int(step) if step >= run.step else None
+
+
+def _check_metrics(value: Any, name: str, *, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if not isinstance(value, Mapping):
+        or_none = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be a dict of metric name -> value{or_none}, got {type(value).__name__}")

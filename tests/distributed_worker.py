@@ -16,11 +16,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils import tier3_training_utilities as tier3  # noqa: E402
-from utils.models import tiny_gpt  # noqa: E402
-from utils.training.data import load_stdlib_corpus  # noqa: E402
+from utils import tier3_training_utilities as tier3  # the launching test puts the repository on PYTHONPATH
+from utils.models import tiny_gpt
+from utils.training.data import load_stdlib_corpus
 
 SEQ_LEN = 32
 TRAIN_ROWS, VAL_ROWS = 40, 11
@@ -38,12 +36,33 @@ def train(batch_size: int, use_wandb: bool = False, checkpoint_dir: str | None =
     model, config = tiny_gpt(d_model=32, n_layers=2, n_heads=2, max_seq_len=SEQ_LEN)
     train_rows, val_rows = text_rows()
     results = tier3.test_fine_tuning(
-        model, config, train_rows, val_rows, n_epochs=2, learning_rate=3e-3, batch_size=batch_size,
-        gradient_accumulation_steps=2, precision="fp32", device="cpu", log_every=2, max_val_batches=None,
-        progress=False, use_wandb=use_wandb, checkpoint_dir=checkpoint_dir,
-    )  # fmt: skip
-    keep = ("loss_history", "grad_norm_history", "lr_history", "val_loss", "val_accuracy", "optimizer_steps",
-            "world_size", "samples_per_second", "training_time_seconds")  # fmt: skip
+        model,
+        config,
+        train_rows,
+        val_rows,
+        n_epochs=2,
+        learning_rate=3e-3,
+        batch_size=batch_size,
+        gradient_accumulation_steps=2,
+        precision="fp32",
+        device="cpu",
+        log_every=2,
+        max_val_batches=None,
+        progress=False,
+        use_wandb=use_wandb,
+        checkpoint_dir=checkpoint_dir,
+    )
+    keep = (
+        "loss_history",
+        "grad_norm_history",
+        "lr_history",
+        "val_loss",
+        "val_accuracy",
+        "optimizer_steps",
+        "world_size",
+        "samples_per_second",
+        "training_time_seconds",
+    )
     out = {key: results[key] for key in keep}
     out["samples_seen"] = results["samples_per_second"] * results["training_time_seconds"]
     out["epochs"] = results["metrics_summary"].to_dict("records")

@@ -297,9 +297,7 @@ def test_on_log_writes_amp_metrics_to_an_offline_run(wandb_dir, no_wandb_run):
         assert run.summary.get("amp/precision") == "fp32"
         assert "amp/loss_scale" not in run.summary.keys()
 
-        callback.on_log(
-            SimpleNamespace(optimizer_step=2, plan=resolve_precision("fp16")), {"amp/loss_scale": 1024.0}
-        )
+        callback.on_log(SimpleNamespace(optimizer_step=2, plan=resolve_precision("fp16")), {"amp/loss_scale": 1024.0})
         assert run.summary.get("amp/enabled") is True
         assert run.summary.get("amp/precision") == "fp16"
         assert run.summary.get("amp/loss_scale") == 1024.0
@@ -361,9 +359,15 @@ def test_for_lightning_logs_in_a_real_lightning_trainer(precision, enabled, wand
     run = wandb.init(mode="offline", dir=str(wandb_dir))
     try:
         trainer = pl.Trainer(
-            max_steps=2, precision=precision, accelerator="cpu", callbacks=[callback], logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        )  # fmt: skip
+            max_steps=2,
+            precision=precision,
+            accelerator="cpu",
+            callbacks=[callback],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         trainer.fit(_TinyLightningLM.build(pl), data)
         summary = dict(run.summary)
     finally:
@@ -399,3 +403,85 @@ def test_tf32_helpers_speak_the_newer_api_when_the_process_uses_it():
         pytest.skip("this torch has only the legacy TF32 flags")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+# -- MixedPrecisionStep -----------------------------------------------------------------------------
+
+
+def _linear_and_optimizer(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(4, 3)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def _loss(model, scale=1.0):
+    x = torch.arange(8.0).view(2, 4) / 8
+    return model(x).pow(2).sum() * scale
+
+
+def test_grad_scaler_keeps_its_scale_in_the_private_attribute_we_read():
+    """Pins GradScaler._scale, which scaler_scale_tensor reads to record the scale without a sync."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    assert scaler._scale is None  # created lazily, by the first scale()
+    with pytest.raises(RuntimeError, match="no scale tensor yet"):
+        amp_utils.scaler_scale_tensor(scaler)
+    scaler.scale(torch.ones(()))
+    scale = amp_utils.scaler_scale_tensor(scaler)
+    assert isinstance(scale, torch.Tensor) and scale.item() == scaler.get_scale() == 256.0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_without_a_scaler_the_step_is_the_plain_step(precision, cpu_bf16):
+    cpu_bf16(True)
+    plan = resolve_precision(precision, device="cpu")
+    model, optimizer = _linear_and_optimizer()
+    reference, reference_optimizer = _linear_and_optimizer()
+    step = amp_utils.MixedPrecisionStep(plan, optimizer, grad_clip=0.5)
+    assert not step.enabled and step.loss_scale() is None and step.state_dict() is None
+
+    step.backward(_loss(model))
+    grad_norm = step.update(model.parameters())
+    _loss(reference).backward()
+    expected_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
+    reference_optimizer.step()
+    assert step.stepped
+    assert grad_norm.item() == expected_norm.item() > 0.5  # the pre-clip norm
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+        assert ours.grad is None  # zero_grad(set_to_none=True)
+
+
+def test_fp16_step_skips_on_inf_gradients_and_says_so_without_a_sync():
+    plan = resolve_precision("fp16", device="cpu")
+    model, optimizer = _linear_and_optimizer()
+    step = amp_utils.MixedPrecisionStep(plan, optimizer, init_scale=1024.0)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    step.backward(_loss(model, scale=float("inf")))
+    step.update(model.parameters())
+    assert step.enabled and not step.stepped
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))  # skipped: weights untouched
+    assert step.loss_scale().item() == 512.0  # backed off by half
+
+    step.backward(_loss(model))
+    step.update(model.parameters())
+    assert step.stepped
+    assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_fp16_step_state_round_trips():
+    plan = resolve_precision("fp16", device="cpu")
+    model, optimizer = _linear_and_optimizer()
+    step = amp_utils.MixedPrecisionStep(plan, optimizer, init_scale=1024.0)
+    step.backward(_loss(model, scale=float("inf")))
+    step.update(model.parameters())
+    state = step.state_dict()
+    other = amp_utils.MixedPrecisionStep(plan, _linear_and_optimizer()[1], init_scale=2.0**16)
+    other.load_state_dict(state)
+    assert other.scaler.get_scale() == 512.0
+
+
+def test_every_precision_list_comes_from_the_one_table():
+    assert amp_utils.PRECISION_NAMES == tuple(amp_utils.PRECISION_TABLE)
+    assert amp_utils.PRECISIONS == ("auto", *amp_utils.PRECISION_TABLE)
+    assert amp_utils.AMP_PRECISIONS == ("fp16", "bf16")

@@ -7,6 +7,8 @@ resumed second epoch from it, and require the same histories and metrics.
 from __future__ import annotations
 
 import copy
+import os
+import pickle
 import random
 
 import numpy as np
@@ -16,13 +18,20 @@ import torch
 from utils import tier3_training_utilities as tier3
 from utils.models import tiny_gpt
 from utils.training import checkpoint as ckpt
+from utils.training import loop
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # see conftest
 
 RUN = dict(
-    learning_rate=3e-3, batch_size=4, seq_len=16, max_corpus_bytes=6_000, max_val_batches=2,
-    progress=False, log_every=2, device="cpu",
-)  # fmt: skip
+    learning_rate=3e-3,
+    batch_size=4,
+    seq_len=16,
+    max_corpus_bytes=6_000,
+    max_val_batches=2,
+    progress=False,
+    log_every=2,
+    device="cpu",
+)
 
 
 class StopAfterEpoch:
@@ -49,7 +58,9 @@ def test_resuming_after_an_epoch_continues_exactly(tmp_path, precision):
     )
     assert first["checkpoint_path"] == str(tmp_path / "last.pt")
     fresh, _ = _model()  # a new process would start from scratch: nothing carried in memory
-    resumed = tier3.test_fine_tuning(fresh, config, n_epochs=2, precision=precision, resume_from=tmp_path / "last.pt", **RUN)
+    resumed = tier3.test_fine_tuning(
+        fresh, config, n_epochs=2, precision=precision, resume_from=tmp_path / "last.pt", **RUN
+    )
 
     steps_in_epoch_1 = first["optimizer_steps"]
     assert resumed["optimizer_steps"] == straight["optimizer_steps"] == 2 * steps_in_epoch_1
@@ -66,7 +77,7 @@ def test_resuming_after_an_epoch_continues_exactly(tmp_path, precision):
 def test_resuming_a_finished_run_asks_for_more_epochs_before_any_work(tmp_path, monkeypatch):
     model, config = _model()
     tier3.test_fine_tuning(model, config, n_epochs=1, max_steps=2, checkpoint_dir=tmp_path, **RUN)
-    monkeypatch.setattr(tier3, "_setup_training_environment", lambda *a, **k: pytest.fail("setup started"))
+    monkeypatch.setattr(loop, "build_parts", lambda *a, **k: pytest.fail("setup started"))
     with pytest.raises(ValueError, match=r"finished epoch 1 of its run.*pass n_epochs > 1"):
         tier3.test_fine_tuning(model, config, n_epochs=1, resume_from=tmp_path, **RUN)
 
@@ -84,17 +95,126 @@ def test_bad_checkpoint_arguments_name_the_argument(tmp_path):
         tier3.test_fine_tuning(model, config, resume_from=tmp_path / "other.pt", **RUN)
     with pytest.raises(TypeError, match="checkpoint_dir must be a folder path or None"):
         tier3.test_fine_tuning(model, config, checkpoint_dir=3, **RUN)
+    under_a_file = a_file / "ckpt"
+    with pytest.raises(ValueError, match=r"checkpoint_dir=.*note.txt is a file, so the folder cannot be made there"):
+        tier3.test_fine_tuning(model, config, checkpoint_dir=under_a_file, **RUN)
+
+
+# -- checkpoints are data, never code --------------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this calls open(sentinel, 'w'): if the file appears, the loader ran code from the file."""
+
+    def __init__(self, sentinel):
+        self.sentinel = str(sentinel)
+
+    def __reduce__(self):
+        return (open, (self.sentinel, "w"))
+
+
+def _write_plain_pickle(path, sentinel):
+    with open(path, "wb") as f:
+        pickle.dump({"format_version": ckpt.FORMAT_VERSION, "model": Payload(sentinel)}, f)
+
+
+def _write_torch_save(path, sentinel):
+    torch.save({"format_version": ckpt.FORMAT_VERSION, "epoch": 0, "model": {}, "evil": Payload(sentinel)}, path)
+
+
+def _write_protocol_2_pickle(path, sentinel):
+    with open(path, "wb") as f:
+        pickle.dump({"format_version": ckpt.FORMAT_VERSION, "model": Payload(sentinel)}, f, protocol=2)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize(
+    "write",
+    [_write_plain_pickle, _write_protocol_2_pickle, _write_torch_save],
+    ids=["pickle", "pickle-2", "torch.save"],
+)
+def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, write, monkeypatch):
+    sentinel = tmp_path / "pwned"
+    path = tmp_path / "last.pt"
+    write(path, sentinel)
+    assert not sentinel.exists()
+    model, config = _model()
+    before = copy.deepcopy(model.state_dict())
+    monkeypatch.setattr(loop, "build_parts", lambda *a, **k: pytest.fail("setup started"))
+    # A torch.save'd file reaches the GLOBAL and is refused there; a protocol-4 pickle is refused even earlier.
+    with pytest.raises(
+        ValueError, match=r"resume_from=.*was refused: it (holds objects that could run code|is not a plain-data)"
+    ):
+        tier3.test_fine_tuning(model, config, n_epochs=3, resume_from=path, **RUN)
+    assert not sentinel.exists()  # nothing from the file ran
+    torch.testing.assert_close(model.state_dict(), before, rtol=0, atol=0)
+    # The control: an unrestricted loader would have run the payload.
+    torch.load(path, weights_only=False) if write is _write_torch_save else pickle.loads(path.read_bytes())
+    assert sentinel.exists()
+
+
+def test_a_checkpoint_holds_only_what_weights_only_reads(tmp_path):
+    model, config = _model()
+    tier3.test_fine_tuning(model, config, n_epochs=1, max_steps=2, checkpoint_dir=tmp_path, precision="fp16", **RUN)
+    raw = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)  # raises on anything else
+    assert raw["format_version"] == ckpt.FORMAT_VERSION and raw["scaler"] is not None
+    assert isinstance(raw["rng"]["numpy"][1], torch.Tensor)  # numpy's state, stored as a tensor
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_checkpoint_error_names_the_path(tmp_path, damage):
+    model, config = _model()
+    tier3.test_fine_tuning(model, config, n_epochs=1, max_steps=2, checkpoint_dir=tmp_path, **RUN)
+    path = tmp_path / "last.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else os.urandom(len(data)))
+    with pytest.raises(
+        ValueError, match=rf"resume_from='{path}' (is truncated or corrupted|was refused: it is not a plain-data)"
+    ):
+        tier3.test_fine_tuning(model, config, n_epochs=2, resume_from=path, **RUN)
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_before_any_weight_changes(tmp_path, monkeypatch):
+    two_layers, config = _model()
+    tier3.test_fine_tuning(two_layers, config, n_epochs=1, max_steps=2, checkpoint_dir=tmp_path, **RUN)
+    torch.manual_seed(1)
+    one_layer, small_config = tiny_gpt(d_model=32, n_layers=1, n_heads=2, max_seq_len=16)
+    before = copy.deepcopy(one_layer.state_dict())
+    monkeypatch.setattr(loop, "build_parts", lambda *a, **k: pytest.fail("setup started"))
+    with pytest.raises(ValueError, match=r"does not fit this model \(unexpected keys \['blocks.1"):
+        tier3.test_fine_tuning(one_layer, small_config, n_epochs=2, resume_from=tmp_path, **RUN)
+    torch.testing.assert_close(one_layer.state_dict(), before, rtol=0, atol=0)  # not one tensor overwritten
+    torch.manual_seed(1)
+    wider, wide_config = tiny_gpt(d_model=64, n_layers=2, n_heads=2, max_seq_len=16)
+    with pytest.raises(ValueError, match=r"shape mismatches \['tok_emb.weight: checkpoint \(256, 32\) vs model"):
+        tier3.test_fine_tuning(wider, wide_config, n_epochs=2, resume_from=tmp_path, **RUN)
 
 
 def test_save_is_atomic_and_leaves_no_partial_file(tmp_path):
-    path = ckpt.save_checkpoint(tmp_path / "sub" / "last.pt", {"epoch": 0})
+    minimal = {key: {} for key in ckpt.REQUIRED_KEYS} | {"epoch": 0, "optimizer_step": 0}
+    path = ckpt.save_checkpoint(tmp_path / "sub" / "last.pt", minimal)
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
     assert ckpt.load_checkpoint(path)["epoch"] == 0
     assert ckpt.load_checkpoint(tmp_path / "sub")["format_version"] == ckpt.FORMAT_VERSION  # a folder works too
+    del minimal["history"]
+    ckpt.save_checkpoint(path, minimal)
+    with pytest.raises(ValueError, match=r"is an incomplete checkpoint: it lacks \['history'\]"):
+        ckpt.load_checkpoint(path)
 
 
-def test_rng_state_round_trip():
+def test_rng_state_round_trip(tmp_path):
+    random.gauss(0, 1)  # leaves a cached gaussian in Python's state
+    np.random.standard_normal()
     state = ckpt.capture_rng_state()
-    expected = (random.random(), np.random.rand(), torch.rand(()).item())
+    torch.save(state, tmp_path / "rng.pt")
+    state = torch.load(tmp_path / "rng.pt", weights_only=True)  # the stored form is data only
+    expected = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.rand(),
+        np.random.standard_normal(),
+        torch.rand(()).item(),
+    )
     ckpt.restore_rng_state(state)
-    assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected
+    got = (random.random(), random.gauss(0, 1), np.random.rand(), np.random.standard_normal(), torch.rand(()).item())
+    assert got == expected

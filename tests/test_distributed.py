@@ -15,14 +15,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import distributed_worker
 import pytest
 import torch
 import torch.nn as nn
 
-import distributed_worker
 from utils.training import checkpoint, distributed
 
 WORKER = Path(distributed_worker.__file__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # see conftest
 
@@ -58,8 +59,18 @@ def test_a_fixed_gpu_index_under_torchrun_is_refused(monkeypatch):
 def test_two_process_torchrun_matches_one_process(tmp_path):
     out = tmp_path / "ddp.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(WORKER), str(out), "--wandb", f"--checkpoint-dir={tmp_path / 'ckpt'}"]  # fmt: skip
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))  # finds utils
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(WORKER),
+        str(out),
+        "--wandb",
+        f"--checkpoint-dir={tmp_path / 'ckpt'}",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     ddp = json.loads(out.read_text())

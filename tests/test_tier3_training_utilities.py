@@ -22,16 +22,23 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 
 from utils import tier3_training_utilities as tier3
-from utils.training import flops
+from utils.training import flops, loop
 from utils.training.amp_utils import AmpWandbCallback
 from utils.training.losses import next_token_loss_sums
 from utils.training.optim import build_lr_scheduler
 
 SEQ_LEN = 16
 FAST = dict(
-    n_epochs=1, learning_rate=3e-3, batch_size=4, max_steps=4, seq_len=SEQ_LEN,
-    max_corpus_bytes=20_000, max_val_batches=2, progress=False, log_every=2,
-)  # fmt: skip
+    n_epochs=1,
+    learning_rate=3e-3,
+    batch_size=4,
+    max_steps=4,
+    seq_len=SEQ_LEN,
+    max_corpus_bytes=20_000,
+    max_val_batches=2,
+    progress=False,
+    log_every=2,
+)
 
 
 def _train(model, config, **overrides):
@@ -70,10 +77,17 @@ def _per_sequence_loss_sums(model, sequences):
 def test_signature_keeps_documented_positional_order_and_keyword_options():
     params = inspect.signature(tier3.test_fine_tuning).parameters
     positional = [
-        ("model", inspect.Parameter.empty), ("config", inspect.Parameter.empty), ("train_data", None),
-        ("val_data", None), ("n_epochs", 3), ("learning_rate", 5e-5), ("batch_size", 4),
-        ("use_wandb", False), ("use_amp", False), ("gradient_accumulation_steps", 1),
-    ]  # fmt: skip
+        ("model", inspect.Parameter.empty),
+        ("config", inspect.Parameter.empty),
+        ("train_data", None),
+        ("val_data", None),
+        ("n_epochs", 3),
+        ("learning_rate", 5e-5),
+        ("batch_size", 4),
+        ("use_wandb", False),
+        ("use_amp", False),
+        ("gradient_accumulation_steps", 1),
+    ]
     assert [(n, p.default) for n, p in list(params.items())[:10]] == positional
     assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in list(params.values())[:10])
     for name in ("precision", "device", "max_steps", "seed", "grad_clip", "warmup_steps", "log_every", "callbacks"):
@@ -84,19 +98,29 @@ def test_signature_keeps_documented_positional_order_and_keyword_options():
 def test_positional_call_in_documented_order(tiny_gpt, cpu_bf16, monkeypatch):
     cpu_bf16(True)
     batch_sizes = []
-    real_make_loader = tier3.make_loader
+    real_make_loader = loop.make_loader
 
     def make_loader(dataset, batch_size, **kwargs):
         batch_sizes.append(batch_size)
         return real_make_loader(dataset, batch_size, **kwargs)
 
-    monkeypatch.setattr(tier3, "make_loader", make_loader)
+    monkeypatch.setattr(loop, "make_loader", make_loader)
     model, config = tiny_gpt
     # model, config, train_data, val_data, n_epochs, learning_rate, batch_size, use_wandb, use_amp, accumulation
     results = tier3.test_fine_tuning(
-        model, config, _ids(8, SEQ_LEN), _ids(2, SEQ_LEN, seed=1), 2, 1e-3, 2, False, True, 4,
-        progress=False, warmup_steps=0,
-    )  # fmt: skip
+        model,
+        config,
+        _ids(8, SEQ_LEN),
+        _ids(2, SEQ_LEN, seed=1),
+        2,
+        1e-3,
+        2,
+        False,
+        True,
+        4,
+        progress=False,
+        warmup_steps=0,
+    )
     assert batch_sizes == [2, 2]  # train and val loaders
     assert results["optimizer_steps"] == 2  # 4 micro-batches of 2, 4 per step, 2 epochs
     assert len(results["metrics_summary"]) == 2
@@ -108,12 +132,33 @@ def test_results_have_documented_keys_and_types(tiny_gpt):
     model, config = tiny_gpt
     results = _train(model, config, max_steps=5)
     documented = {
-        "loss_history", "grad_norm_history", "final_loss", "initial_loss", "training_time_seconds",
-        "samples_per_second", "metrics_summary", "best_epoch", "amp_enabled", "final_loss_scale",
-        "tokens_per_second", "precision", "skipped_steps", "loss_scale_history", "val_loss", "val_accuracy",
-        "figure", "lr_history", "step_history", "step_times_s", "optimizer_steps", "device",
-        "world_size", "compiled", "mfu", "throughput",
-    }  # fmt: skip
+        "loss_history",
+        "grad_norm_history",
+        "final_loss",
+        "initial_loss",
+        "training_time_seconds",
+        "samples_per_second",
+        "metrics_summary",
+        "best_epoch",
+        "amp_enabled",
+        "final_loss_scale",
+        "tokens_per_second",
+        "precision",
+        "skipped_steps",
+        "loss_scale_history",
+        "val_loss",
+        "val_accuracy",
+        "figure",
+        "lr_history",
+        "step_history",
+        "step_times_s",
+        "optimizer_steps",
+        "device",
+        "world_size",
+        "compiled",
+        "mfu",
+        "throughput",
+    }
     assert documented <= set(results)
     assert results["optimizer_steps"] == 5
     for key in ("loss_history", "grad_norm_history", "lr_history", "step_times_s"):
@@ -149,7 +194,7 @@ def test_throughput_leaves_out_warm_up_steps_and_cpu_has_no_mfu(tiny_gpt):
     assert (t["warmup_steps_excluded"], t["timed_steps"]) == (skip, 6 - skip)
     timed_tokens = (6 - skip) * 2 * SEQ_LEN  # full blocks: batch x seq_len tokens per step
     assert t["tokens_per_second"] == pytest.approx(timed_tokens / sum(results["step_times_s"][skip:]))
-    assert t["flops_per_token"] == tier3.model_flops_per_token(model, config, SEQ_LEN).flops
+    assert t["flops_per_token"] == loop.model_flops_per_token(model, config, SEQ_LEN).flops
     assert t["achieved_tflops_per_device"] == pytest.approx(t["tokens_per_second"] * t["flops_per_token"] / 1e12)
     # No datasheet peak for a CPU: tokens/s are reported, MFU is left empty, and the note says why.
     assert results["mfu"] is None and t["mfu"] is None and t["peak_tflops_per_device"] is None
@@ -158,7 +203,9 @@ def test_throughput_leaves_out_warm_up_steps_and_cpu_has_no_mfu(tiny_gpt):
 
 def test_mfu_uses_the_detected_gpus_peak(tiny_gpt, monkeypatch):
     """The arithmetic, with the peak lookup patched to an H100's bf16 figure (no GPU here)."""
-    monkeypatch.setattr(tier3, "peak_tflops", lambda device, precision, tf32: flops.PeakFlops(989.5, "H100 SXM", "bf16", "patched"))
+    monkeypatch.setattr(
+        loop, "peak_tflops", lambda device, precision, tf32: flops.PeakFlops(989.5, "H100 SXM", "bf16", "patched")
+    )
     model, config = tiny_gpt
     t = _train(model, config, max_steps=5)["throughput"]
     assert t["mfu"] == pytest.approx(t["tokens_per_second"] * t["flops_per_token"] / 989.5e12)
@@ -187,15 +234,24 @@ def test_compile_true_uses_inductor_and_learns(tiny_gpt):
     assert results["compiled"] is True
     assert results["final_loss"] < results["initial_loss"]
     # Compilation happens in the first step, which the throughput figures leave out.
-    assert results["step_times_s"][0] > 5 * max(results["step_times_s"][tier3.THROUGHPUT_WARMUP_STEPS:])
+    assert results["step_times_s"][0] > 5 * max(results["step_times_s"][tier3.THROUGHPUT_WARMUP_STEPS :])
 
 
 def test_it_learns_on_the_default_corpus(tiny_gpt):
     model, config = tiny_gpt
     results = tier3.test_fine_tuning(
-        model, config, n_epochs=1, learning_rate=3e-3, batch_size=4, max_steps=30, seq_len=32,
-        max_corpus_bytes=50_000, max_val_batches=2, progress=False, log_every=10,
-    )  # fmt: skip
+        model,
+        config,
+        n_epochs=1,
+        learning_rate=3e-3,
+        batch_size=4,
+        max_steps=30,
+        seq_len=32,
+        max_corpus_bytes=50_000,
+        max_val_batches=2,
+        progress=False,
+        log_every=10,
+    )
     assert results["data_source"] == "python-stdlib"
     # Measured on CPU: about 5.0 -> 3.7, val 3.9 (uniform over 256 bytes would be ln 256 = 5.55).
     assert results["final_loss"] < results["initial_loss"] - 0.7
@@ -233,9 +289,16 @@ def test_fp16_overflow_skips_steps_backs_off_scale_and_holds_the_lr(tiny_gpt):
     init_scale, lr, warmup, steps = 2.0**40, 3e-3, 2, 30
     before = _weights(model)
     results = _train(
-        model, config, precision="fp16", init_loss_scale=init_scale, max_steps=steps, batch_size=2,
-        warmup_steps=warmup, learning_rate=lr, log_every=5,
-    )  # fmt: skip
+        model,
+        config,
+        precision="fp16",
+        init_loss_scale=init_scale,
+        max_steps=steps,
+        batch_size=2,
+        warmup_steps=warmup,
+        learning_rate=lr,
+        log_every=5,
+    )
     scales = results["loss_scale_history"]
     assert results["precision"] == "fp16" and results["amp_enabled"] is True
     assert len(scales) == steps == len(results["lr_history"])
@@ -302,10 +365,18 @@ def test_use_amp_on_cpu_without_bf16_warns_and_trains_in_fp32(tiny_gpt, cpu_bf16
 
 def _one_step(model, config, train, val, batch_size, accumulation):
     return tier3.test_fine_tuning(
-        model, config, train, val, n_epochs=1, learning_rate=1e-3,
-        batch_size=batch_size, gradient_accumulation_steps=accumulation, max_steps=1, progress=False,
+        model,
+        config,
+        train,
+        val,
+        n_epochs=1,
+        learning_rate=1e-3,
+        batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        progress=False,
         max_val_batches=1,
-    )  # fmt: skip
+    )
 
 
 def test_accumulation_of_two_halves_equals_one_full_batch(tiny_gpt):
@@ -354,16 +425,28 @@ def test_short_last_group_loss_is_token_weighted_mean_of_its_group(tiny_gpt):
     # A learning rate of 1e-12 leaves the fp32 weights unchanged, so every step's loss
     # can be compared with the initial model's losses.
     results = tier3.test_fine_tuning(
-        model, config, train, [_ids(8, seed=5)], n_epochs=1, learning_rate=1e-12, batch_size=1,
-        gradient_accumulation_steps=2, progress=False, max_val_batches=1, log_every=1,
-    )  # fmt: skip
+        model,
+        config,
+        train,
+        [_ids(8, seed=5)],
+        n_epochs=1,
+        learning_rate=1e-12,
+        batch_size=1,
+        gradient_accumulation_steps=2,
+        progress=False,
+        max_val_batches=1,
+        log_every=1,
+    )
     assert results["optimizer_steps"] == 2
     sums = _per_sequence_loss_sums(reference, train)
     candidates = []
     for last in range(3):  # which row the shuffle left for the short group
         pair = [sums[i] for i in range(3) if i != last]
         candidates.append([sum(s for s, _ in pair) / sum(n for _, n in pair), sums[last][0] / sums[last][1]])
-    close = lambda got, want: all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(got, want))  # noqa: E731
+
+    def close(got, want):
+        return all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(got, want))
+
     matches = [c for c in candidates if close(results["loss_history"], c)]
     assert len(matches) == 1, (results["loss_history"], candidates)
     # The epoch's train loss is the token-weighted mean over all three rows.
@@ -524,9 +607,6 @@ def test_bad_data_kinds_name_the_argument(tiny_gpt, arg, bad, error):
 
 @pytest.mark.parametrize("arg", ["train_data", "val_data"])
 def test_empty_dataset_error_names_the_argument(tiny_gpt, arg):
-    # Known bug (reported): an empty val Dataset escapes as a bare StopIteration from the
-    # model probe, and an empty train Dataset as DataLoader's "num_samples should be a
-    # positive integer value"; neither says which argument is empty.
     model, config = tiny_gpt
     data = {"train_data": _ids(4, SEQ_LEN), "val_data": _ids(2, SEQ_LEN), arg: CountingDataset(_ids(0, SEQ_LEN))}
     with pytest.raises(ValueError, match=arg):
@@ -564,9 +644,9 @@ def nothing_may_run(monkeypatch):
         return fail
 
     def install(at_edge: bool) -> None:
-        monkeypatch.setattr(tier3, "_run_training_epoch", forbid("training"))
+        monkeypatch.setattr(loop, "run_training_epoch", forbid("training"))
         if at_edge:
-            monkeypatch.setattr(tier3, "_setup_training_environment", forbid("setup"))
+            monkeypatch.setattr(loop, "build_parts", forbid("setup"))
 
     return install
 
@@ -582,7 +662,26 @@ BAD_ARGUMENTS = [
     (dict(grad_clip=0.0), ValueError, "grad_clip", True),
     (dict(weight_decay=-0.1), ValueError, "weight_decay", True),
     (dict(warmup_steps=-1), ValueError, "warmup_steps", True),
-    (dict(seed=1.5), TypeError, "seed", True),
+    (dict(seed=1.5), ValueError, "seed must be an integer", True),
+    # Found by the bad-input sweep: each must be named before any work.
+    (dict(learning_rate=True), ValueError, r"learning_rate must be a positive finite number, got True", True),
+    (dict(grad_clip="1.0"), ValueError, r"grad_clip must be a positive finite number or None, got the string", True),
+    (dict(weight_decay=math.inf), ValueError, "weight_decay must be a non-negative finite number, got inf", True),
+    (dict(batch_size=True), ValueError, "batch_size must be a positive integer, got True", True),
+    (dict(n_epochs=2.0), ValueError, "n_epochs must be a positive integer", True),
+    (dict(max_steps="5"), ValueError, "max_steps must be a positive integer or None", True),
+    (dict(log_every=math.nan), ValueError, "log_every must be a positive integer", True),
+    (dict(warmup_steps=True), ValueError, "warmup_steps must be a non-negative integer or None", True),
+    (dict(learning_rate=math.nan), ValueError, "learning_rate must be a positive finite number", True),
+    (dict(init_loss_scale=math.inf), ValueError, "init_loss_scale must be a positive finite number", True),
+    (dict(max_val_batches=0), ValueError, "max_val_batches must be a positive integer or None", True),
+    (dict(seq_len=True), ValueError, "seq_len must be a positive integer or None", True),
+    (dict(progress="yes"), ValueError, "progress must be True or False", True),
+    (dict(use_wandb=1), ValueError, "use_wandb must be True or False", True),
+    (dict(use_amp="bf16"), TypeError, "use_amp must be True, False or None", True),
+    (dict(wandb_project=""), ValueError, "wandb_project must be a non-empty string", True),
+    (dict(device="tpu"), ValueError, "device='tpu' is not a device name", True),
+    (dict(resume_from=3), TypeError, "resume_from must be a checkpoint file path", True),
     (dict(precision="fp8"), ValueError, "precision='fp8'", True),
     (dict(use_amp=True, precision="fp32"), ValueError, r"use_amp=True.*precision='fp32'", True),
     (dict(callbacks=[object()]), TypeError, "callback", True),
@@ -655,9 +754,16 @@ def test_callbacks_see_state_and_rows_in_order(tiny_gpt):
     model, config = tiny_gpt
     recorder = Recorder()
     results = _train(
-        model, config, train_data=_ids(8, SEQ_LEN), val_data=_ids(2, SEQ_LEN, seed=1), n_epochs=2,
-        batch_size=2, max_steps=None, log_every=3, callbacks=[recorder, OnlyEnd()],
-    )  # fmt: skip
+        model,
+        config,
+        train_data=_ids(8, SEQ_LEN),
+        val_data=_ids(2, SEQ_LEN, seed=1),
+        n_epochs=2,
+        batch_size=2,
+        max_steps=None,
+        log_every=3,
+        callbacks=[recorder, OnlyEnd()],
+    )
     kinds = [e[0] for e in recorder.events]
     assert kinds == ["begin", "log", "epoch", "log", "log", "epoch", "end"]
     assert recorder.events[0][1] == 0
@@ -722,8 +828,10 @@ def test_amp_wandb_callback_logs_to_a_real_offline_run(tiny_gpt, offline_wandb_l
     assert reader.run is not None and reader.run.settings.mode == "offline"
     assert {"train/loss", "val/loss", "amp/enabled", "amp/precision"} <= set(reader.summary)
     assert reader.summary["amp/precision"] == "bf16" and reader.summary["amp/enabled"] is True
-    # The last train/loss logged is the epoch row's.
-    assert reader.summary["train/loss"] == pytest.approx(results["metrics_summary"]["train/loss"].iloc[-1])
+    # train/loss in W&B is the step rows' window mean; the epoch row's mean goes under its own key, so
+    # logging both at the same optimizer step never overwrites one with the other.
+    assert reader.summary["train/loss"] == pytest.approx(results["step_history"]["train/loss"].iloc[-1])
+    assert reader.summary["train/epoch_loss"] == pytest.approx(results["metrics_summary"]["train/loss"].iloc[-1])
     assert wandb.run is None  # the run test_fine_tuning started was finished
     written = offline_wandb_log(b"train/loss", b"amp/precision")
     assert b"train/loss" in written and b"amp/precision" in written
@@ -737,89 +845,6 @@ def test_amp_wandb_callback_without_wandb_run_raises(tiny_gpt):
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "n, size, expected",
-    [(5, 2, [[0, 1], [2, 3], [4]]), (4, 2, [[0, 1], [2, 3]]), (3, 1, [[0], [1], [2]]), (2, 5, [[0, 1]]), (0, 3, [])],
-)
-def test_accumulation_groups(n, size, expected):
-    assert list(tier3._accumulation_groups(range(n), size)) == expected
-
-
-def _settings(**overrides):
-    values = dict(
-        n_epochs=1, learning_rate=1e-3, batch_size=2, gradient_accumulation_steps=1, max_steps=None,
-        warmup_steps=None, grad_clip=1.0, weight_decay=0.01, log_every=1, seed=0, seq_len=SEQ_LEN,
-        max_val_batches=2, max_corpus_bytes=20_000, init_loss_scale=2.0**16, progress=False,
-    )  # fmt: skip
-    return tier3._validate_settings(**{**values, **overrides})
-
-
-@pytest.mark.parametrize(
-    "name, value, message",
-    [
-        ("n_epochs", True, "n_epochs must be a positive integer, got True"),
-        ("batch_size", 2.0, "batch_size must be a positive integer, got 2.0"),
-        ("seq_len", 0, "seq_len must be a positive integer, got 0"),
-        ("max_val_batches", -1, "max_val_batches must be a positive integer"),
-        ("max_corpus_bytes", None, "max_corpus_bytes must be a positive integer, got None"),
-        ("warmup_steps", 1.5, "warmup_steps must be a non-negative integer or None"),
-        ("learning_rate", math.inf, "learning_rate must be a positive finite number, got inf"),
-        ("learning_rate", math.nan, "learning_rate must be a positive finite number"),
-        ("init_loss_scale", -1.0, "init_loss_scale must be a positive finite number"),
-        ("grad_clip", -1.0, r"grad_clip must be positive or None \(no clipping\)"),
-    ],
-)
-def test_validate_settings_messages(name, value, message):
-    with pytest.raises(ValueError, match=message):
-        _settings(**{name: value})
-
-
-def test_validate_settings_accepts_optional_nones():
-    settings = _settings(max_steps=None, seq_len=None, max_val_batches=None, warmup_steps=0, grad_clip=None)
-    assert isinstance(settings, tier3.TrainingSettings)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        settings.n_epochs = 2  # validated once, then fixed
-
-
-def _env(model, config, train, val, **overrides):
-    return tier3._setup_training_environment(
-        model, config, train, val, _settings(**overrides), precision="fp32", use_amp=False, device="cpu",
-        callbacks=[],
-    )  # fmt: skip
-
-
-def test_validation_epoch_is_token_weighted_and_respects_max_val_batches(tiny_gpt):
-    model, config = tiny_gpt
-    val = [_ids(n, seed=20 + n) for n in (5, 16, 9, 3, 12)]
-    env = _env(model, config, _ids(4, SEQ_LEN), val, batch_size=2, max_val_batches=2)
-    metrics = tier3._run_validation_epoch(env)
-    assert model.training
-    sums = _per_sequence_loss_sums(model, val[:4])  # 2 batches of 2; the fifth row is left out
-    expected = sum(s for s, _ in sums) / sum(n for _, n in sums)
-    assert metrics["val/loss"] == pytest.approx(expected, rel=1e-5)
-    assert 0.0 <= metrics["val/accuracy"] <= 1.0
-
-
-def test_training_step_accumulates_then_updates(tiny_gpt):
-    model, config = tiny_gpt
-    env = _env(model, config, _ids(4, SEQ_LEN), _ids(2, SEQ_LEN, seed=1), batch_size=2)
-    batch = next(iter(env.train_loader))
-    before = _weights(model)
-    loss, n_correct, grad_norm = tier3._training_step(env, batch, group_targets=2 * batch["n_targets"], update=False)
-    assert grad_norm is None and not _changed(before, model)
-    assert all(p.grad is not None for p in model.parameters())
-    expected, _ = next_token_loss_sums(model(batch["input_ids"]), batch["labels"])
-    # Divided by the whole group's targets (twice this batch's), so it is half the batch mean.
-    assert loss.item() == pytest.approx(expected.item() / (2 * batch["n_targets"]), rel=1e-5)
-    assert not loss.requires_grad and n_correct.dtype == torch.int64
-
-    loss, _, grad_norm = tier3._training_step(env, batch, group_targets=2 * batch["n_targets"], update=True)
-    assert grad_norm is not None and grad_norm.item() > 0
-    assert env.last_step_stepped
-    assert _changed(before, model)
-    assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none=True)
 
 
 def test_training_visualization_is_a_figure_outside_pyplot(tiny_gpt):
@@ -842,9 +867,20 @@ def test_training_visualization_is_a_figure_outside_pyplot(tiny_gpt):
 def test_use_amp_on_cuda_trains_in_reduced_precision(tiny_gpt):
     model, config = tiny_gpt
     results = tier3.test_fine_tuning(
-        model, config, n_epochs=1, learning_rate=3e-3, batch_size=4, max_steps=40, seq_len=32,
-        max_corpus_bytes=50_000, max_val_batches=2, progress=False, log_every=10, use_amp=True, device="cuda",
-    )  # fmt: skip
+        model,
+        config,
+        n_epochs=1,
+        learning_rate=3e-3,
+        batch_size=4,
+        max_steps=40,
+        seq_len=32,
+        max_corpus_bytes=50_000,
+        max_val_batches=2,
+        progress=False,
+        log_every=10,
+        use_amp=True,
+        device="cuda",
+    )
     assert results["precision"] in ("bf16", "fp16") and results["amp_enabled"] is True
     assert results["device"].startswith("cuda")
     assert next(model.parameters()).is_cuda

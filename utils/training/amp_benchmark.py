@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 import warnings
 from typing import Any
@@ -20,14 +21,21 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from utils import tier3_training_utilities as tier3
+from utils.checks import check_bool, check_non_negative_int
 from utils.model_helpers import device_name, peak_memory_mb, reset_peak_memory, resolve_device, validate_model
-from utils.training.amp_utils import resolve_precision, tf32_allowed
+from utils.records import environment_record
+from utils.training import loop
+from utils.training.amp_utils import AMP_PRECISIONS, resolve_precision, tf32_allowed
 
 # The documented targets for mixed precision against FP32.
 TARGET_SPEEDUP = 1.5
 TARGET_MEMORY_REDUCTION_PCT = 40.0
 TARGET_MAX_ACCURACY_DIFF = 0.01
+# Accuracy parity is judged only when the FP32 arm learned: its validation loss must sit at least
+# this share below its untrained level (the mean train loss of its first logging window).
+LEARNED_MARGIN = 0.05
+# Set per arm by the benchmark itself, so not accepted in **fine_tuning_options.
+_RESERVED_OPTIONS = ("use_amp", "val_data", "callbacks", "wandb_prefix")
 
 
 def test_amp_speedup_benchmark(
@@ -68,8 +76,9 @@ def test_amp_speedup_benchmark(
             so the baseline is strict FP32; the setting is recorded.
         seed: the same seed drives both arms.
         progress: show progress bars.
-        **fine_tuning_options: passed to ``test_fine_tuning`` (e.g.
-            ``gradient_accumulation_steps``, ``seq_len``, ``max_val_batches``).
+        **fine_tuning_options: ``test_fine_tuning`` keywords for both arms (e.g.
+            ``gradient_accumulation_steps``, ``seq_len``, ``max_val_batches``);
+            an unknown name is an error.
 
     Returns:
         A dict with ``fp32_time_s``, ``amp_time_s``, ``fp32_step_time_ms``,
@@ -78,49 +87,83 @@ def test_amp_speedup_benchmark(
         allocator peak exists), ``fp32_accuracy``, ``amp_accuracy``,
         ``accuracy_diff``, ``loss_diff``, each arm's steady-state
         ``*_tokens_per_second`` and ``*_mfu`` (None on CPU), ``amp_precision``, ``device``,
-        ``requirements_met``, ``notes``, ``settings``, ``summary``
+        ``requirements_met`` (the accuracy verdict is None, with a note, when
+        the FP32 arm did not learn), ``notes``, ``settings``, ``summary``
         (DataFrame) and ``figure``. When no reduced precision exists on the
         device, ``status`` is 'skipped' and ``notes`` says why.
     """
     validate_model(model)
-    if precision not in ("auto", "fp16", "bf16"):
-        raise ValueError(f"precision={precision!r}: the mixed-precision arm must be 'auto', 'fp16' or 'bf16'")
-    if not isinstance(timing_warmup_steps, int) or timing_warmup_steps < 0:
-        raise ValueError(f"timing_warmup_steps must be a non-negative int, got {timing_warmup_steps!r}")
-    if max_steps is not None and max_steps <= timing_warmup_steps:
-        raise ValueError(
-            f"max_steps={max_steps} leaves no timed steps after timing_warmup_steps={timing_warmup_steps}; "
-            "raise max_steps or lower timing_warmup_steps"
-        )
-    for reserved in ("use_amp", "val_data", "callbacks"):
-        if reserved in fine_tuning_options:
-            raise TypeError(f"test_amp_speedup_benchmark does not take {reserved}=; it sets it for each arm")
+    base = _check_arguments(
+        precision,
+        timing_warmup_steps,
+        allow_tf32,
+        fine_tuning_options,
+        n_epochs=n_epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        use_wandb=use_wandb,
+        device=device,
+        max_steps=max_steps,
+        seed=seed,
+        progress=progress,
+    )
     device = resolve_device(device)
     amp_plan = _amp_arm_plan(precision, device)
     if amp_plan is None:
         return _skipped(device)
 
-    arm_args = dict(
-        config=config, train_data=train_data, n_epochs=n_epochs, learning_rate=learning_rate,
-        batch_size=batch_size, use_wandb=use_wandb, device=device, max_steps=max_steps, seed=seed,
-        progress=progress, **fine_tuning_options,
-    )  # fmt: skip
     initial_state = copy.deepcopy(model.state_dict())
     run = _start_benchmark_run(model, config, amp_plan.name) if use_wandb else None
     try:
         with tf32_allowed(allow_tf32):
-            arms = {name: _run_arm(model, initial_state, name, arm_args) for name in ("fp32", amp_plan.name)}
+            arms = {
+                name: _run_arm(
+                    model, config, train_data, initial_state, base.replace(precision=name, wandb_prefix=f"{name}/")
+                )
+                for name in ("fp32", amp_plan.name)
+            }
     finally:
         model.load_state_dict(initial_state)
         if run is not None:
             run.finish()
     report = _compare_arms(arms["fp32"], arms[amp_plan.name], amp_plan.name, device, timing_warmup_steps)
-    report["settings"] = _record_settings(device, allow_tf32, amp_plan.name, timing_warmup_steps, arm_args)
+    report["settings"] = _record_settings(device, allow_tf32, amp_plan.name, timing_warmup_steps, base)
     report["figure"] = _create_benchmark_figure(report, arms["fp32"], arms[amp_plan.name])
     return report
 
 
 test_amp_speedup_benchmark.__test__ = False  # a library function, not a pytest test
+
+
+def _check_arguments(
+    precision: Any, timing_warmup_steps: Any, allow_tf32: Any, options: dict[str, Any], **arm: Any
+) -> loop.TrainingSettings:
+    """Check every argument before any work; returns the settings both arms share."""
+    if precision not in ("auto", *AMP_PRECISIONS):
+        raise ValueError(
+            f"precision={precision!r}: the mixed-precision arm must be one of {('auto', *AMP_PRECISIONS)}; "
+            "the FP32 arm always runs"
+        )
+    check_non_negative_int(timing_warmup_steps, "timing_warmup_steps")
+    check_bool(allow_tf32, "allow_tf32")
+    for reserved in _RESERVED_OPTIONS:
+        if reserved in options:
+            raise TypeError(f"test_amp_speedup_benchmark does not take {reserved}=; it sets it for each arm")
+    known = {f.name for f in dataclasses.fields(loop.TrainingSettings)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(
+            f"test_amp_speedup_benchmark got unknown option(s) {unknown}; it passes on test_fine_tuning's "
+            f"keywords: {sorted(known - set(_RESERVED_OPTIONS) - set(arm) - {'precision'})}"
+        )
+    settings = loop.TrainingSettings(**arm, **options)  # checks every training setting (max_steps='5' included)
+    max_steps = settings.max_steps
+    if max_steps is not None and max_steps <= timing_warmup_steps:
+        raise ValueError(
+            f"max_steps={max_steps} leaves no timed steps after timing_warmup_steps={timing_warmup_steps}; "
+            "raise max_steps or lower timing_warmup_steps"
+        )
+    return settings
 
 
 def _amp_arm_plan(precision: str, device: torch.device):
@@ -141,12 +184,14 @@ def _skipped(device: torch.device) -> dict[str, Any]:
     return {"status": "skipped", "notes": [note], "device": device_name(device), "amp_precision": None}
 
 
-def _run_arm(model: nn.Module, initial_state: dict, precision: str, arm_args: dict) -> dict[str, Any]:
+def _run_arm(
+    model: nn.Module, config: Any, train_data: Any, initial_state: dict, settings: loop.TrainingSettings
+) -> dict[str, Any]:
     """One arm: same weights, same seed and data; peak memory measured around training alone."""
     model.load_state_dict(initial_state)
-    device: torch.device = arm_args["device"]
+    device = resolve_device(settings.device)
     reset_peak_memory(device)
-    results = tier3.test_fine_tuning(model, precision=precision, _wandb_prefix=f"{precision}/", **arm_args)
+    results = loop.train(model, config, settings, train_data)
     results["peak_memory_mb"] = peak_memory_mb(device)
     return results
 
@@ -165,10 +210,11 @@ def _compare_arms(
     memory_reduction = 100.0 * (1.0 - amp_mem / fp32_mem) if fp32_mem and amp_mem is not None else None
     speedup = fp32_step_s / amp_step_s
     accuracy_diff = abs(fp32["val_accuracy"] - amp["val_accuracy"])
+    learned, learned_note = fp32_arm_learned(fp32)
     met = {
         "speedup": speedup >= TARGET_SPEEDUP,
         "memory": memory_reduction >= TARGET_MEMORY_REDUCTION_PCT if memory_reduction is not None else None,
-        "accuracy": accuracy_diff < TARGET_MAX_ACCURACY_DIFF,
+        "accuracy": accuracy_diff < TARGET_MAX_ACCURACY_DIFF if learned else None,
     }
     met["all"] = all(v is not False for v in met.values()) and None not in met.values()
     report = {
@@ -196,10 +242,27 @@ def _compare_arms(
         "amp_mfu": amp["mfu"],
         "device": device_name(device),
         "requirements_met": met,
-        "notes": _notes(device, amp_name, memory_reduction),
+        "notes": _notes(device, amp_name, memory_reduction) + ([] if learned else [learned_note]),
     }
     report["summary"] = _summary_table(report)
     return report
+
+
+def fp32_arm_learned(fp32: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the FP32 arm learned enough for an accuracy comparison to mean anything, and why not.
+
+    Two arms that never left chance agree on accuracy trivially; "parity" would then be vacuous.
+    """
+    untrained, val_loss = fp32["initial_loss"], fp32["val_loss"]
+    if untrained is None or val_loss is None:
+        return False, "Accuracy parity not judged: the FP32 arm has no loss to compare."
+    if val_loss < (1.0 - LEARNED_MARGIN) * untrained:
+        return True, ""
+    return False, (
+        f"Accuracy parity not judged: the FP32 arm did not learn (validation loss {val_loss:.3f} against "
+        f"{untrained:.3f} in its first logging window; it must be at least {100 * LEARNED_MARGIN:.0f}% lower). "
+        "Give the arms more steps or a larger learning_rate."
+    )
 
 
 def _notes(device: torch.device, amp_name: str, memory_reduction: float | None) -> list[str]:
@@ -210,7 +273,9 @@ def _notes(device: torch.device, amp_name: str, memory_reduction: float | None) 
             "written for GPUs; a CPU speedup says little about one."
         )
     if memory_reduction is None:
-        notes.append("Peak memory is measured from the CUDA allocator; there is none on this device, so it is left empty.")
+        notes.append(
+            "Peak memory is measured from the CUDA allocator; there is none on this device, so it is left empty."
+        )
     return notes
 
 
@@ -219,27 +284,38 @@ def _summary_table(report: dict[str, Any]):
 
     amp = report["amp_precision"]
     rows = [
-        ("median step time (ms)", report["fp32_step_time_ms"], report["amp_step_time_ms"], f"{report['speedup']:.2f}x faster"),
-        ("peak memory (MB)", report["fp32_memory_mb"], report["amp_memory_mb"],
-         f"{report['memory_reduction_pct']:.1f}% less" if report["memory_reduction_pct"] is not None else "not measured"),
+        (
+            "median step time (ms)",
+            report["fp32_step_time_ms"],
+            report["amp_step_time_ms"],
+            f"{report['speedup']:.2f}x faster",
+        ),
+        (
+            "peak memory (MB)",
+            report["fp32_memory_mb"],
+            report["amp_memory_mb"],
+            f"{report['memory_reduction_pct']:.1f}% less"
+            if report["memory_reduction_pct"] is not None
+            else "not measured",
+        ),
         ("val accuracy", report["fp32_accuracy"], report["amp_accuracy"], f"diff {report['accuracy_diff']:.4f}"),
         ("val loss", report["fp32_loss"], report["amp_loss"], f"diff {report['loss_diff']:+.4f}"),
-    ]  # fmt: skip
+    ]
     return pd.DataFrame(rows, columns=["metric", "fp32", amp, "comparison"])
 
 
-def _record_settings(device: torch.device, allow_tf32: bool, amp_name: str, warmup: int, arm_args: dict) -> dict:
-    """The settings that change the result, kept with it."""
+def _record_settings(
+    device: torch.device, allow_tf32: bool, amp_name: str, warmup: int, settings: loop.TrainingSettings
+) -> dict[str, Any]:
+    """The settings that change the result, kept with it: the one environment record, plus the benchmark's own."""
     return {
-        "device": device_name(device),
-        "torch": torch.__version__,
+        **environment_record(device, precision=amp_name, compile=settings.compile),
         "amp_dtype": amp_name,
-        "tf32": allow_tf32 if device.type == "cuda" else None,
-        "compile": arm_args.get("compile", False),
+        "tf32": allow_tf32 if device.type == "cuda" else None,  # the FP32 arm's TF32 setting
         "timing_warmup_steps": warmup,
-        "batch_size": arm_args["batch_size"],
-        "max_steps": arm_args["max_steps"],
-        "seed": arm_args["seed"],
+        "batch_size": settings.batch_size,
+        "max_steps": settings.max_steps,
+        "seed": settings.seed,
     }
 
 

@@ -10,23 +10,24 @@ are simply the no-op case.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from utils.model_helpers import check_positive_int
-
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-
-# name -> (autocast dtype, needs a GradScaler). fp32 runs with autocast disabled.
+# The one precision table: name -> (autocast dtype, needs a GradScaler). fp32 runs with autocast disabled.
+# Every list of precision names in the library is derived from it.
 PRECISION_TABLE: dict[str, tuple[torch.dtype, bool]] = {
     "fp32": (torch.float32, False),
     "fp16": (torch.float16, True),
     "bf16": (torch.bfloat16, False),
 }
+PRECISION_NAMES = tuple(PRECISION_TABLE)  # what can really run
+PRECISIONS = ("auto", *PRECISION_NAMES)  # what a user may ask for
+AMP_PRECISIONS = tuple(name for name in PRECISION_NAMES if name != "fp32")  # the reduced ones
 
 # bf16 tensor cores arrived with Ampere. Older GPUs (the T4 among them) answer
 # True to torch.cuda.is_bf16_supported() because they can emulate it, slowly.
@@ -66,6 +67,90 @@ class PrecisionPlan:
         if not self.use_scaler:
             return None
         return torch.amp.GradScaler(self.device_type, init_scale=init_scale)
+
+
+class MixedPrecisionStep:
+    """The whole mixed-precision optimizer step in one object, as timm's ``NativeScaler``.
+
+    It owns the GradScaler: enabled for fp16, and a disabled (pass-through)
+    one for bf16 and fp32, so the loop has one code path and never asks
+    which precision runs. ``backward`` scales the loss; ``update`` unscales,
+    clips, steps, updates the scale and clears the gradients. Whether the
+    scaler skipped the step (inf/NaN gradients) is known without a sync,
+    through an optimizer step post-hook.
+
+    Example:
+        >>> step = MixedPrecisionStep(plan, optimizer, grad_clip=1.0)
+        >>> with plan.autocast():
+        ...     loss = loss_fn(model(x))
+        >>> step.backward(loss)
+        >>> grad_norm = step.update(model.parameters())
+        >>> step.stepped    # False when the scaler skipped this step
+    """
+
+    def __init__(
+        self,
+        plan: PrecisionPlan,
+        optimizer: torch.optim.Optimizer,
+        *,
+        grad_clip: float | None = None,
+        init_scale: float = 2.0**16,
+    ) -> None:
+        self.optimizer = optimizer
+        self.max_norm = grad_clip if grad_clip is not None else math.inf
+        self.scaler = torch.amp.GradScaler(plan.device_type, init_scale=init_scale, enabled=plan.use_scaler)
+        self.stepped = False
+        # The scaler skips optimizer.step() on inf/NaN gradients; this hook tells us, with no sync.
+        optimizer.register_step_post_hook(self._mark_stepped)
+
+    @property
+    def enabled(self) -> bool:
+        """True when a real (fp16) loss scaler runs."""
+        return self.scaler.is_enabled()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of the (scaled) loss. Call it outside autocast."""
+        self.scaler.scale(loss).backward()
+
+    def update(self, parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+        """Unscale, clip, step, update the scale and clear the gradients. Returns the pre-clip norm."""
+        self.stepped = False
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.max_norm)
+        self.scaler.step(self.optimizer)  # with a real scaler, its one sync per step: the inf/NaN check
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm.detach()
+
+    def loss_scale(self) -> torch.Tensor | None:
+        """A device-side copy of the current loss scale (no sync), or None without a scaler."""
+        if not self.enabled:
+            return None
+        return scaler_scale_tensor(self.scaler).detach().clone()
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.scaler.state_dict() if self.enabled else None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self.enabled and state is not None:
+            self.scaler.load_state_dict(state)
+
+    def _mark_stepped(self, *_: Any) -> None:
+        self.stepped = True
+
+
+def scaler_scale_tensor(scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """The GradScaler's scale as its device tensor, read without a host sync.
+
+    ``get_scale()`` returns a Python float, which syncs. The tensor sits in the
+    private ``_scale`` attribute (created by the first ``scale()`` call); this is
+    the one place the library touches it, and tests/test_amp_utils.py pins it,
+    so a torch release that renames it breaks loudly here.
+    """
+    scale = scaler._scale
+    if scale is None:
+        raise RuntimeError("the GradScaler has no scale tensor yet: call scale(loss) before reading it")
+    return scale
 
 
 def cuda_supports_bf16(device: torch.device | None = None) -> bool:
@@ -213,78 +298,14 @@ def compute_effective_precision(
     return "16" if use_amp and cuda_available and use_gpu else "32"
 
 
-class AmpWandbCallback:
-    """Logs ``amp/enabled``, ``amp/precision`` and ``amp/loss_scale`` to W&B.
+def __getattr__(name: str) -> Any:
+    """``AmpWandbCallback`` moved to ``utils.wandb_helpers``, next to the other W&B code; old imports still work.
 
-    Use it in ``test_fine_tuning(..., callbacks=[AmpWandbCallback()])``, or,
-    with Lightning installed, ``Trainer(callbacks=[AmpWandbCallback.for_lightning()])``.
-    Errors are never swallowed: no active W&B run raises at train start, and a
-    failing ``wandb.log`` propagates.
+    It is looked up lazily because a top-level import would be a cycle:
+    wandb_helpers imports utils.records, which imports this module.
     """
+    if name == "AmpWandbCallback":
+        from utils.wandb_helpers import AmpWandbCallback
 
-    def __init__(self, log_every: int = 1) -> None:
-        check_positive_int(log_every, "log_every")
-        self.log_every = log_every
-
-    # -- test_fine_tuning hooks ------------------------------------------------
-    def on_train_begin(self, state: Any) -> None:
-        self._wandb_run()
-
-    def on_log(self, state: Any, row: dict[str, Any]) -> None:
-        """Called by the training loop at each ``log_every`` boundary with the metrics row."""
-        if state.optimizer_step % self.log_every:
-            return
-        self._log(
-            {
-                "amp/enabled": state.plan.amp_enabled,
-                "amp/precision": state.plan.name,
-                "amp/loss_scale": row.get("amp/loss_scale"),
-            }
-        )
-
-    # -- Lightning hooks -------------------------------------------------------
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self._wandb_run()
-
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if batch_idx % self.log_every:
-            return
-        precision = str(getattr(trainer, "precision", "32"))
-        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
-        self._log(
-            {
-                "amp/enabled": not precision.startswith("32"),
-                "amp/precision": precision,
-                # get_scale() syncs; it runs only every log_every batches.
-                "amp/loss_scale": scaler.get_scale() if scaler is not None else None,
-            }
-        )
-
-    @classmethod
-    def for_lightning(cls, log_every: int = 1) -> AmpWandbCallback:
-        """An instance that is also a Lightning ``Callback`` (needs lightning installed)."""
-        try:
-            from lightning.pytorch import Callback
-        except ImportError:
-            try:
-                from pytorch_lightning import Callback
-            except ImportError as err:
-                raise ImportError(
-                    "AmpWandbCallback.for_lightning needs Lightning: pip install lightning"
-                ) from err
-        lightning_cls = type("LightningAmpWandbCallback", (cls, Callback), {})
-        return lightning_cls(log_every=log_every)
-
-    @staticmethod
-    def _wandb_run() -> Any:
-        import wandb
-
-        if wandb.run is None:
-            raise RuntimeError(
-                "AmpWandbCallback needs an active W&B run: call utils.wandb_helpers.initialize_wandb_run() "
-                "first or pass use_wandb=True to test_fine_tuning"
-            )
-        return wandb.run
-
-    def _log(self, values: dict[str, Any]) -> None:
-        self._wandb_run().log({k: v for k, v in values.items() if v is not None})
+        return AmpWandbCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

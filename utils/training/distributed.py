@@ -18,6 +18,7 @@ import contextlib
 import inspect
 import os
 from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -104,7 +105,9 @@ def wrap_data_parallel(model: nn.Module, ctx: DistributedContext, device: torch.
     device_ids = [device.index] if device.type == "cuda" else None
     ddp_parameters = inspect.signature(nn.parallel.DistributedDataParallel).parameters
     # Newer torch renames the switch (and still syncs buffers once, at init, which is what we want).
-    no_forward_sync = {"forward_sync_buffers" if "forward_sync_buffers" in ddp_parameters else "broadcast_buffers": False}
+    no_forward_sync = {
+        "forward_sync_buffers" if "forward_sync_buffers" in ddp_parameters else "broadcast_buffers": False
+    }
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **no_forward_sync)
 
 
@@ -141,4 +144,3 @@ def sum_host_values(values: list[float], ctx: DistributedContext, device: torch.
     if not ctx.enabled:
         return list(values)
     return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=device), ctx).tolist()
-

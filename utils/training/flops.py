@@ -144,7 +144,9 @@ def model_flops_per_token(model: nn.Module, config: object, seq_len: int) -> Flo
         note = "6N only: the config has no n_layers/d_model, so attention FLOPs are left out (MFU reads low)"
         return FlopsPerToken(6.0 * n, n, 0.0, note)
     attention = 12.0 * n_layers * seq_len * d_model
-    return FlopsPerToken(6.0 * n + attention, n, attention, f"6N + 12*L*T*d with N={n:,}, L={n_layers}, T={seq_len}, d={d_model}")
+    return FlopsPerToken(
+        6.0 * n + attention, n, attention, f"6N + 12*L*T*d with N={n:,}, L={n_layers}, T={seq_len}, d={d_model}"
+    )
 
 
 def compute_mfu(

@@ -45,7 +45,13 @@ class StepTimer:
         """Duration of every step, in order. Syncs once on CUDA (deliberately)."""
         if self.use_events:
             torch.cuda.synchronize()
-            gap = lambda a, b: a.elapsed_time(b) / 1000.0  # noqa: E731  (ms -> s)
-        else:
-            gap = lambda a, b: b - a  # noqa: E731
+        gap = _event_gap_s if self.use_events else _clock_gap_s
         return [gap(a, b) for marks in self.segments for a, b in zip(marks, marks[1:])]
+
+
+def _event_gap_s(start: torch.cuda.Event, end: torch.cuda.Event) -> float:
+    return start.elapsed_time(end) / 1000.0  # elapsed_time is in ms
+
+
+def _clock_gap_s(start: float, end: float) -> float:
+    return end - start

@@ -11,6 +11,7 @@ import torch.nn as nn
 from tiny_models import TINY, build_model
 
 from utils import model_helpers as mh
+from utils import tier3_training_utilities as tier3
 from utils.models import ModelConfig, tiny_gpt
 
 # -- get_config_value / require_config_values -----------------------------------
@@ -412,22 +413,11 @@ def test_device_name_on_cpu():
 # -- argument checks and verdicts -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [0, -1, 1.0, True, "2", None])
-def test_check_positive_int_names_the_argument(value):
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
-        mh.check_positive_int(value, "batch_size")
+def test_model_helpers_re_exports_the_one_set_of_checks():
+    from utils import checks
 
-
-@pytest.mark.parametrize("value", [0, -0.5, float("nan"), True, "1"])
-def test_check_positive_number_names_the_argument(value):
-    with pytest.raises(ValueError, match="tolerance must be a positive number"):
-        mh.check_positive_number(value, "tolerance")
-
-
-def test_checks_accept_good_values():
-    mh.check_positive_int(3, "n")
-    mh.check_positive_number(3, "x")
-    mh.check_positive_number(1e-9, "x")
+    assert mh.check_positive_int is checks.check_positive_int
+    assert mh.check_positive_number is checks.check_positive_number
 
 
 @pytest.mark.parametrize(
@@ -547,3 +537,30 @@ def test_probe_model_names_the_purpose_in_its_errors(tiny_gpt):
         mh.probe_model(model, {"vocab_size": 256}, "my_check", required=("vocab_size", "max_seq_len"))
     with pytest.raises(ValueError, match="my_check: for input_ids of shape"):
         mh.probe_model(nn.EmbeddingBag(8, 4), {"vocab_size": 8}, "my_check")  # pools to (batch, dim)
+
+
+@pytest.mark.parametrize("field", ["vocab_size", "max_seq_len"])
+@pytest.mark.parametrize("bad", [0, -1, "256", True, 2.5, float("nan")], ids=repr)
+def test_bad_config_sizes_are_named_before_the_model_is_called(tiny_gpt, field, bad):
+    model, config = tiny_gpt
+    values = {"vocab_size": 256, "max_seq_len": 32, field: bad}
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match=rf"config\.{field} must be a positive integer"):
+        mh.probe_model(model, values, "a check")
+    with pytest.raises(ValueError, match=rf"config\.{field} must be a positive integer"):
+        tier3.test_fine_tuning(model, values, max_steps=1, progress=False)
+    assert calls == []
+
+
+def test_resolve_device_refuses_device_types_the_library_does_not_run_on():
+    with pytest.raises(ValueError, match=r"device='meta': the library runs on cpu, cuda, mps"):
+        mh.resolve_device("meta")
+
+
+def test_resolve_device_refuses_a_gpu_index_the_machine_lacks(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert mh.resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"device='cuda:2': this machine has 2 GPU\(s\), cuda:0 to cuda:1"):
+        mh.resolve_device("cuda:2")

@@ -86,6 +86,50 @@ def test_non_positive_sizes_raise_value_error_naming_field(field):
         ModelConfig(**{field: 0})
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+def _bad(field: str, value, message: str):
+    return pytest.param(field, value, message, id=f"{field}={value!r}")
+
+
+# Found by building models as a new user might: (field, bad value, message).
+BAD_FIELDS = [
+    *(
+        _bad(field, value, f"{field} must be a positive integer")
+        for field in ("vocab_size", "d_model")
+        for value in (True, "32", 32.0, NAN, -2, None)
+    ),
+    *(_bad("max_seq_len", value, "max_seq_len must be a positive integer") for value in (True, "128", INF)),
+    *(_bad("d_ff", value, "d_ff must be a positive integer or None") for value in (True, "64", 0, 2.5, NAN)),
+    *(
+        _bad("dropout", value, r"dropout must be a number in \[0.0, 1.0\)")
+        for value in (True, "0.1", NAN, INF, -0.1, 1.0, None)
+    ),
+    *(
+        _bad("pad_token_id", value, "pad_token_id must be a non-negative integer")
+        for value in (True, "0", -1, 1.5, None)
+    ),
+    _bad("pad_token_id", 256, r"pad_token_id \(256\) must be below vocab_size \(256\)"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), BAD_FIELDS)
+@pytest.mark.parametrize("factory", [models.tiny_gpt, models.tiny_encoder, ModelConfig], ids=lambda f: f.__name__)
+def test_bad_field_values_name_the_field(factory, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        factory(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("causal", "yes"), ("causal", 1), ("causal", None), ("model_type", ""), ("model_type", 5), ("model_type", None)],
+)
+def test_bad_fixed_fields_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        ModelConfig(**{field: value})
+
+
 def test_config_is_frozen():
     config = ModelConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
 
+from utils import models
 from utils import test_functions as tf
 from utils import tier1_critical_validation as t1
 from utils import tier2_advanced_analysis as t2
+from utils import tier3_training_utilities as t3
+from utils.training import amp_benchmark
 
 # Small sweeps so the whole suite stays quick on a 2-core CPU.
 FAST = {
@@ -96,7 +96,7 @@ def test_a_check_error_does_not_stop_the_tier(tiny_gpt):
     options = {**{k: v for k, v in FAST.items() if hasattr(t1, k)}, "test_memory_footprint": {"optimizer": "lion"}}
     summary = tf.run_all_tier1_tests(model, config, options=options, progress=False).set_index("test")
     assert summary.loc["test_memory_footprint", "status"] == "error"
-    assert "optimizer='lion'" in summary.loc["test_memory_footprint", "key_figure"]
+    assert "optimizer must be one of" in summary.loc["test_memory_footprint", "key_figure"]
     assert summary.loc["test_inference_speed", "status"] == "pass"
 
 
@@ -117,11 +117,99 @@ def test_bad_input_is_rejected_before_any_check(tiny_gpt):
         tf.run_all_tests(ReturnsNone(), config)
 
 
-def test_tier3_is_re_exported_lazily(monkeypatch):
-    fake = types.ModuleType("utils.training.amp_benchmark")
-    fake.test_amp_speedup_benchmark = lambda *args, **kwargs: "ran"
-    monkeypatch.setitem(sys.modules, "utils.training.amp_benchmark", fake)
-    assert tf.test_amp_speedup_benchmark() == "ran"
-    assert {"test_fine_tuning", "test_amp_speedup_benchmark"} <= set(dir(tf))
+def test_tier3_is_re_exported():
+    assert tf.test_fine_tuning is t3.test_fine_tuning
+    assert tf.test_amp_speedup_benchmark is amp_benchmark.test_amp_speedup_benchmark
+    assert {"test_fine_tuning", "test_amp_speedup_benchmark"} <= set(tf.__all__)
+    assert all(hasattr(tf, name) for name in tf.__all__)
     with pytest.raises(AttributeError, match="no attribute 'test_nothing'"):
         _ = tf.test_nothing
+
+
+RUNNERS = [tf.run_all_tier1_tests, tf.run_all_tier2_tests, tf.run_all_tests]
+
+# Found by calling the runners as a new user might: (options, error type, message).
+# The options name test_robustness, so they go to the two runners that include it; all three share run_checks.
+BAD_OPTIONS = {
+    "text": ("fast", ValueError, "options must be a dict of test name -> keyword arguments"),
+    "list": (["test_robustness"], ValueError, "options must be a dict"),
+    "int": (5, ValueError, "options must be a dict"),
+    "unknown-test": ({"test_speed": {}}, ValueError, r"unknown test name\(s\) \['test_speed'\]"),
+    "tuple-key": ({("test_robustness",): {}}, ValueError, "unknown test name"),
+    "value-int": ({"test_robustness": 5}, TypeError, "must be a dict of keyword arguments"),
+    "value-text": ({"test_robustness": "seed=1"}, TypeError, "must be a dict of keyword arguments"),
+    "unknown-keyword": (
+        {"test_robustness": {"n_sample": 2}},
+        ValueError,
+        r"options\['test_robustness'\] has unknown keyword\(s\) \['n_sample'\]; test_robustness takes \[.*'n_samples'",
+    ),
+    "model-keyword": ({"test_robustness": {"model": None}}, ValueError, "passed by the runner"),
+    "int-keyword": ({"test_robustness": {1: 2}}, ValueError, "unknown keyword"),
+}
+
+
+@pytest.fixture
+def watched_gpt(tiny_gpt):
+    """The tiny GPT, its config, and a list that grows by one on every forward call."""
+    model, config = tiny_gpt
+    calls = []
+
+    def count_call(module, args):
+        calls.append(1)
+
+    model.register_forward_pre_hook(count_call)
+    return model, config, calls
+
+
+@pytest.mark.parametrize(("options", "error", "message"), BAD_OPTIONS.values(), ids=BAD_OPTIONS)
+@pytest.mark.parametrize("runner", [tf.run_all_tier2_tests, tf.run_all_tests], ids=lambda f: f.__name__)
+def test_bad_options_fail_before_any_check(watched_gpt, runner, options, error, message):
+    model, config, calls = watched_gpt
+    with pytest.raises(error, match=message):
+        runner(model, config, options=options)
+    assert calls == [], "nothing may run before the options are checked"
+
+
+@pytest.mark.parametrize("progress", ["yes", 1, None], ids=["text", "int", "none"])
+@pytest.mark.parametrize("runner", RUNNERS, ids=lambda f: f.__name__)
+def test_bad_progress_fails_before_any_check(watched_gpt, runner, progress):
+    model, config, calls = watched_gpt
+    with pytest.raises(ValueError, match="progress must be True or False"):
+        runner(model, config, progress=progress)
+    assert calls == []
+
+
+@pytest.mark.parametrize("bad_model", [models.TinyTransformer, "model", None], ids=["class", "text", "none"])
+@pytest.mark.parametrize("runner", RUNNERS, ids=lambda f: f.__name__)
+def test_runners_name_a_model_that_is_not_one(tiny_gpt, runner, bad_model):
+    model, config = tiny_gpt
+    with pytest.raises(TypeError, match="pass the model instance"):
+        runner(bad_model, config)
+    with pytest.raises(TypeError, match="pass the model instance"):
+        runner((model, config), config)
+
+
+@pytest.mark.parametrize(
+    "checks",
+    [t1.test_gradient_flow, "test_gradient_flow", ("test_gradient_flow",), (), None, {"a": t1.test_gradient_flow}],
+    ids=["function", "text", "names", "empty", "none", "dict"],
+)
+def test_run_checks_needs_a_tuple_of_checks(tiny_gpt, checks):
+    model, config = tiny_gpt
+    with pytest.raises(ValueError, match="checks must be a non-empty tuple of check functions"):
+        tf.run_checks(model, config, checks, progress=False)
+
+
+@pytest.mark.parametrize("desc", [5, "", None], ids=["int", "empty", "none"])
+def test_run_checks_needs_a_text_label(tiny_gpt, desc):
+    model, config = tiny_gpt
+    with pytest.raises(ValueError, match="desc must be a non-empty string"):
+        tf.run_checks(model, config, (t1.test_parameter_initialization,), progress=False, desc=desc)
+
+
+def test_runner_progress_in_a_log_is_a_few_plain_lines(tiny_gpt, capsys):
+    model, config = tiny_gpt
+    summary = tf.run_checks(model, config, (t1.test_parameter_initialization,), desc="Tier 1")
+    assert summary["status"].tolist() == ["pass"]
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" in ")[0] for line in lines] == ["Tier 1: 0/1 checks", "Tier 1: 1/1 checks"]

@@ -11,6 +11,7 @@ from tiny_models import build_model
 from utils import models
 from utils import tier1_critical_validation as t1
 from utils.model_helpers import count_parameters, get_config_value
+from utils.records import environment_record
 
 PUBLIC_CHECKS = [
     t1.test_shape_robustness,
@@ -217,7 +218,7 @@ def test_memory_footprint_estimate_on_cpu(tiny_gpt):
 
 def test_memory_footprint_rejects_unknown_optimizer(tiny_gpt):
     model, config = tiny_gpt
-    with pytest.raises(ValueError, match="optimizer='lion'"):
+    with pytest.raises(ValueError, match=r"optimizer must be one of \(.*'adamw'.*\), got 'lion'"):
         t1.test_memory_footprint(model, config, optimizer="lion")
 
 
@@ -244,7 +245,16 @@ def test_inference_speed_reports_percentiles_per_precision(tiny_gpt):
     assert (table["p99_ms"] >= table["median_ms"]).all() and (table["tokens_per_s"] > 0).all()
     assert len(result["latencies_ms"]["fp32"]) == 4
     assert result["settings"]["device"] == "cpu"
+    assert set(result["settings"]) == set(environment_record("cpu"))  # the one environment record
     assert isinstance(result["figure"], Figure)
+
+
+def test_duplicate_precisions_are_timed_once(tiny_gpt):
+    model, config = tiny_gpt
+    result = t1.test_inference_speed(
+        model, config, batch_size=1, seq_len=4, n_warmup=0, n_iters=1, precisions=["fp32", "fp32"], progress=False
+    )
+    assert result["table"]["precision"].tolist() == ["fp32"]
 
 
 @pytest.mark.requires_cuda
@@ -316,10 +326,112 @@ def test_bad_amp_precision_is_rejected(tiny_gpt):
     model, config = tiny_gpt
     with pytest.raises(ValueError, match="amp_precisions"):
         t1.test_output_stability(model, config, amp_precisions="bf16")
-    with pytest.raises(ValueError, match="precisions may hold"):
+    with pytest.raises(ValueError, match=r"precisions\[1\] must be one of \('fp32', 'fp16', 'bf16'\), got 'fp8'"):
         t1.test_inference_speed(model, config, precisions=("fp32", "fp8"))
     with pytest.raises(ValueError, match="seq_len must be a positive int"):
         t1.test_output_stability(model, config, seq_len=0)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _bad(check, message: str, **kwargs):
+    """One bad-input case: ``check(model, config, **kwargs)`` must raise a ValueError matching ``message``."""
+    shown = ",".join(f"{key}={value!r}" for key, value in kwargs.items())
+    return pytest.param(check, kwargs, message, id=f"{check.__name__.removeprefix('test_')}-{shown}")
+
+
+# Found by calling every check as a new user might. Each must fail before the model runs, naming the argument.
+BAD_ARGUMENTS = [
+    *(
+        _bad(t1.test_shape_robustness, "batch_sizes", batch_sizes=v)
+        for v in ("12", 4, (True, 2), (1.5,), (NAN,), ("4",), [INF])
+    ),
+    *(_bad(t1.test_shape_robustness, "seq_lengths", seq_lengths=v) for v in ("8", 4, (-1,))),
+    *(_bad(t1.test_shape_robustness, "progress", progress=v) for v in ("yes", 1, None)),
+    *(_bad(t1.test_gradient_flow, "batch_size", batch_size=v) for v in (True, "2", 0, -1, 2.5, NAN)),
+    *(_bad(t1.test_gradient_flow, "seq_len", seq_len=v) for v in (True, "8", 0, 2.5)),
+    *(
+        _bad(t1.test_gradient_flow, "vanishing_threshold", vanishing_threshold=v)
+        for v in (NAN, INF, True, "1e-8", -1.0, 0)
+    ),
+    *(_bad(t1.test_gradient_flow, "exploding_threshold", exploding_threshold=v) for v in (NAN, INF, 0)),
+    _bad(
+        t1.test_gradient_flow,
+        "vanishing_threshold .* must be below exploding_threshold",
+        vanishing_threshold=10.0,
+        exploding_threshold=1.0,
+    ),
+    _bad(t1.test_gradient_flow, "loss_fn must be a function", loss_fn="mse"),
+    *(_bad(t1.test_output_stability, "n_batches", n_batches=v) for v in (True, "6", 0)),
+    *(_bad(t1.test_output_stability, "batch_size", batch_size=v) for v in (0, NAN)),
+    _bad(t1.test_output_stability, "seq_len", seq_len=True),
+    *(_bad(t1.test_output_stability, "amp_rel_tolerance", amp_rel_tolerance=v) for v in (NAN, INF, "0.05", True, 0)),
+    *(
+        _bad(t1.test_output_stability, "amp_precisions", amp_precisions=v)
+        for v in (("fp8",), [True], 5, ("fp32",), ("auto",), {"bf16": 1}, (None,))
+    ),
+    _bad(t1.test_output_stability, "progress", progress="yes"),
+    *(_bad(t1.test_parameter_initialization, "huge_threshold", huge_threshold=v) for v in (NAN, INF, True, "100", 0)),
+    *(_bad(t1.test_parameter_initialization, "std_factor", std_factor=v) for v in (NAN, -1.0)),
+    *(_bad(t1.test_memory_footprint, "batch_sizes", batch_sizes=v) for v in ("1,4", 4, (True,), (NAN,), ())),
+    *(_bad(t1.test_memory_footprint, "seq_len", seq_len=v) for v in (0, "8")),
+    *(
+        _bad(t1.test_memory_footprint, "optimizer must be one of", optimizer=v)
+        for v in (None, "ADAMW", 3, ["adamw"], "lion")
+    ),
+    _bad(t1.test_memory_footprint, "progress", progress=None),
+    _bad(t1.test_inference_speed, "batch_size", batch_size=True),
+    *(_bad(t1.test_inference_speed, "n_iters", n_iters=v) for v in ("5", 0, NAN)),
+    *(_bad(t1.test_inference_speed, "n_warmup", n_warmup=v) for v in (True, "3", -1, 1.5, INF)),
+    _bad(t1.test_inference_speed, "seq_len", seq_len=0),
+    *(_bad(t1.test_inference_speed, "precisions", precisions=v) for v in ("fp32", 5, (True,), (), ("auto",), [None])),
+    _bad(t1.test_inference_speed, "progress", progress=1),
+]
+
+
+@pytest.fixture
+def watched_gpt(tiny_gpt):
+    """The tiny GPT, its config, and a list that grows by one on every forward call."""
+    model, config = tiny_gpt
+    calls = []
+
+    def count_call(module, args):
+        calls.append(1)
+
+    model.register_forward_pre_hook(count_call)
+    return model, config, calls
+
+
+@pytest.mark.parametrize(("check", "kwargs", "message"), BAD_ARGUMENTS)
+def test_bad_arguments_fail_before_the_model_runs(watched_gpt, check, kwargs, message):
+    model, config, calls = watched_gpt
+    with pytest.raises(ValueError, match=message):
+        check(model, config, **kwargs)
+    assert calls == [], "the arguments must be checked before the model is called"
+
+
+@pytest.mark.parametrize("batch_size", ["8", True, 0], ids=["text", "bool", "zero"])
+def test_a_bad_config_batch_size_names_it(tiny_gpt, batch_size):
+    model, config = tiny_gpt
+    with pytest.raises(ValueError, match=r"config.batch_size \(or pass batch_sizes=...\)"):
+        t1.test_shape_robustness(model, {**vars(config), "batch_size": batch_size}, progress=False)
+
+
+@pytest.mark.parametrize("bad", [models.TinyTransformer, "model", None], ids=["class", "text", "none"])
+@pytest.mark.parametrize("check", PUBLIC_CHECKS, ids=lambda f: f.__name__)
+def test_a_class_or_anything_else_is_not_a_model(check, bad, tiny_gpt):
+    _, config = tiny_gpt
+    with pytest.raises(TypeError, match="pass the model instance"):
+        check(bad, config)
+
+
+def test_progress_in_a_log_is_a_few_plain_lines(tiny_gpt, capsys):
+    model, config = tiny_gpt
+    t1.test_shape_robustness(model, config, batch_sizes=(1, 2, 3), seq_lengths=(1, 2, 3, 4))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("shapes: 0/12") and lines[-1].startswith("shapes: 12/12")
+    assert len(lines) <= 5  # start, three quarters, end: never a redraw per case
 
 
 def test_output_stability_without_autocast(tiny_gpt):
@@ -335,6 +447,23 @@ def test_pytest_does_not_collect_library_checks():
     assert all(check.__test__ is False for check in PUBLIC_CHECKS)
     public = [name for name in dir(t1) if name.startswith("test_")]
     assert all(getattr(t1, name).__test__ is False for name in public)
+
+
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, ("fp16", "bf16")), (False, ("fp16",))])
+def test_default_amp_precisions_on_a_gpu_follow_native_bf16(monkeypatch, native_bf16, expected):
+    def supports_bf16(device):
+        return native_bf16
+
+    monkeypatch.setattr(t1, "cuda_supports_bf16", supports_bf16)
+    assert t1.default_amp_precisions(torch.device("cuda")) == expected
+    assert t1.default_amp_precisions(torch.device("cpu")) == ("bf16",)
+
+
+def test_check_positive_ints_sorts_and_drops_duplicates():
+    assert t1.check_positive_ints([4, 1, 4], "batch_sizes") == (1, 4)
+    assert t1.check_positive_ints(torch.tensor([2, 1]).numpy(), "batch_sizes") == (1, 2)  # numpy ints are ints
+    with pytest.raises(ValueError, match="batch_sizes must be a non-empty sequence of positive ints"):
+        t1.check_positive_ints(8, "batch_sizes")
 
 
 def test_layer_label():

@@ -222,6 +222,115 @@ def test_bad_models_and_configs_are_rejected(check, tiny_gpt):
         check(model, {"hidden_size": 32})
 
 
+NAN, INF = float("nan"), float("inf")
+LONG_IDS = torch.zeros(1, TINY["max_seq_len"] + 1, dtype=torch.long)
+
+
+def _bad(check, message: str, **kwargs):
+    """One bad-input case: ``check(model, config, **kwargs)`` must raise a ValueError matching ``message``."""
+    shown = ",".join(f"{key}={value!r:.20}" for key, value in kwargs.items())
+    return pytest.param(check, kwargs, message, id=f"{check.__name__.removeprefix('test_')}-{shown}")
+
+
+BAD_INPUT_IDS = [
+    [[1, 2, 3]],
+    torch.rand(1, 4),
+    torch.tensor([1, 2, 3]),
+    torch.zeros(1, 0, dtype=torch.long),
+    torch.tensor([[True, False]]),
+    "hello",
+]
+
+# Found by calling every check as a new user might. Each must fail before the model runs, naming the argument.
+BAD_ARGUMENTS = [
+    *(_bad(t2.test_attention_patterns, "batch_size", batch_size=v) for v in (True, "4", 0)),
+    *(_bad(t2.test_attention_patterns, "seq_len", seq_len=v) for v in (0, 2.5)),
+    *(_bad(t2.test_attention_patterns, "min_visible_keys", min_visible_keys=v) for v in (0, True)),
+    _bad(t2.test_attention_patterns, "max_layers_plotted", max_layers_plotted="4"),
+    _bad(t2.test_attention_patterns, "max_heads_plotted", max_heads_plotted=-1),
+    *(
+        _bad(t2.test_attention_patterns, r"collapse_entropy must be a number in \(0.0, 1.0\]", collapse_entropy=v)
+        for v in (NAN, INF, True, "0.2", 0, 1.5)
+    ),
+    *(_bad(t2.test_attention_patterns, "collapse_share", collapse_share=v) for v in (1.5, -0.1, NAN)),
+    *(_bad(t2.test_attribution_analysis, "n_samples", n_samples=v) for v in (True, 0)),
+    *(_bad(t2.test_attribution_analysis, "n_steps", n_steps=v) for v in ("50", NAN)),
+    _bad(t2.test_attribution_analysis, "steps_per_batch", steps_per_batch=2.5),
+    _bad(t2.test_attribution_analysis, "seq_len", seq_len=True),
+    *(_bad(t2.test_attribution_analysis, "delta_tolerance", delta_tolerance=v) for v in (NAN, INF, "0.05", 0)),
+    *(_bad(t2.test_attribution_analysis, "position must be an integer", position=v) for v in (True, "0", 1.5, NAN)),
+    *(
+        _bad(t2.test_attribution_analysis, "target_token must be a non-negative integer", target_token=v)
+        for v in (True, "5", 1.5, NAN, -1)
+    ),
+    _bad(t2.test_attribution_analysis, "progress", progress="yes"),
+    *(
+        _bad(t2.test_robustness, "noise_levels", noise_levels=v)
+        for v in ("0.1", 0.1, (NAN,), (INF,), (True,), [], ("0.1",), None)
+    ),
+    *(_bad(t2.test_robustness, "n_samples", n_samples=v) for v in (0, True)),
+    *(_bad(t2.test_robustness, "n_trials", n_trials=v) for v in ("3", NAN)),
+    _bad(t2.test_robustness, "seq_len", seq_len=0),
+    *(
+        _bad(t2.test_robustness, r"min_agreement must be a number in \(0.0, 1.0\]", min_agreement=v)
+        for v in (NAN, INF, True, "0.9", 0, 1.5)
+    ),
+    *(_bad(t2.test_robustness, "seed must be an integer", seed=v) for v in (True, "0", 1.5, NAN, None)),
+    _bad(t2.test_robustness, "progress", progress=1),
+]
+
+
+@pytest.fixture
+def watched_gpt(tiny_gpt):
+    """The tiny GPT, its config, and a list that grows by one on every forward call."""
+    model, config = tiny_gpt
+    calls = []
+
+    def count_call(module, args):
+        calls.append(1)
+
+    model.register_forward_pre_hook(count_call)
+    return model, config, calls
+
+
+@pytest.mark.parametrize(("check", "kwargs", "message"), BAD_ARGUMENTS)
+def test_bad_arguments_fail_before_the_model_runs(watched_gpt, check, kwargs, message):
+    model, config, calls = watched_gpt
+    with pytest.raises(ValueError, match=message):
+        check(model, config, **kwargs)
+    assert calls == [], "the arguments must be checked before the model is called"
+
+
+@pytest.mark.parametrize("input_ids", BAD_INPUT_IDS, ids=["list", "float", "1d", "empty", "bool", "text"])
+@pytest.mark.parametrize("check", [t2.test_attention_patterns, t2.test_attribution_analysis], ids=lambda f: f.__name__)
+def test_bad_input_ids_are_rejected(tiny_gpt, check, input_ids):
+    model, config = tiny_gpt
+    with pytest.raises(ValueError, match=r"input_ids must be a non-empty torch.long tensor of shape \(batch, seq\)"):
+        check(model, config, input_ids=input_ids)
+
+
+@pytest.mark.parametrize(
+    ("input_ids", "message"),
+    [
+        (torch.tensor([[1, 256]]), r"token ids from 1 to 256, outside the vocabulary \[0, 256\)"),
+        (torch.tensor([[-1, 2]]), r"token ids from -1 to 2, outside the vocabulary"),
+        (LONG_IDS, "33 tokens per sequence, more than max_seq_len=32"),
+    ],
+    ids=["above-vocab", "negative", "too-long"],
+)
+@pytest.mark.parametrize("check", [t2.test_attention_patterns, t2.test_attribution_analysis], ids=lambda f: f.__name__)
+def test_input_ids_the_model_cannot_embed_are_rejected(tiny_gpt, check, input_ids, message):
+    model, config = tiny_gpt
+    with pytest.raises(ValueError, match=message):
+        check(model, config, input_ids=input_ids)
+
+
+def test_target_token_needs_a_model_with_logits():
+    model, config = build_model("hf_bert")
+    with pytest.raises(ValueError, match="target_token=3 needs a model that returns logits"):
+        t2.test_attribution_analysis(model, config, target_token=3, progress=False)
+
+
 def test_pytest_does_not_collect_library_checks():
     public = [name for name in dir(t2) if name.startswith("test_")]
     assert public and all(getattr(t2, name).__test__ is False for name in public)

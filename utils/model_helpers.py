@@ -63,6 +63,21 @@ def require_config_values(config: Any, names: tuple[str, ...], purpose: str) -> 
     return values
 
 
+# Config sizes that must be positive integers wherever a config gives them.
+SIZE_FIELDS = ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads")
+
+
+def config_size(config: Any, name: str) -> int | None:
+    """A size field of the config (``vocab_size``, ``max_seq_len`` ...), checked: None when absent.
+
+    Raises:
+        ValueError: the config gives it, but not as a positive integer ('256', True, 2.5, NaN, 0).
+    """
+    value = get_config_value(config, name)
+    check_positive_int(value, f"config.{name}", allow_none=True)
+    return value if value is None else int(value)
+
+
 def _field_with_aliases(name: str) -> str:
     aliases = CONFIG_ALIASES.get(name, (name,))[1:]
     return f"{name} (or {'/'.join(aliases)})" if aliases else name
@@ -157,9 +172,9 @@ def detect_vocab_size(model: nn.Module, config: Any, seq_len: int = 8) -> int:
     It never guesses from the first embedding found: a position or type
     embedding there would give a wrong answer.
     """
-    vocab_size = get_config_value(config, "vocab_size")
+    vocab_size = config_size(config, "vocab_size")
     if vocab_size is not None:
-        return int(vocab_size)
+        return vocab_size
     device = model_device(model)
     probe = torch.zeros(1, seq_len, dtype=torch.long, device=device)
     with model_mode(model, training=False), torch.no_grad():
@@ -181,6 +196,9 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     }
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # what the library runs on; torch.device also names meta, xpu ...
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """Turn ``'auto'``/``None``/a name into a usable ``torch.device``, or explain why not."""
     if device is None or device == "auto":
@@ -189,8 +207,18 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device={device!r} is not a device name; use 'auto', 'cpu' or 'cuda'") from err
+    if resolved.type not in DEVICE_TYPES:
+        raise ValueError(
+            f"device={device!r}: the library runs on {', '.join(DEVICE_TYPES)}; use 'auto', 'cpu' or 'cuda'"
+        )
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available here; use device='cpu' or 'auto'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(
+            f"device={device!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}; "
+            "use one of those or 'auto'"
+        )
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={device!r} but MPS is not available here; use device='cpu' or 'auto'")
     return resolved
@@ -404,10 +432,9 @@ def probe_model(model: Any, config: Any, purpose: str, required: tuple[str, ...]
         RuntimeError: the model fails on a (1, 4) batch of token ids.
     """
     validate_model(model)
-    values = require_config_values(config, tuple(dict.fromkeys(("vocab_size", *required))), purpose)
-    vocab_size = int(values["vocab_size"])
-    max_seq_len = get_config_value(config, "max_seq_len")
-    max_seq_len = int(max_seq_len) if max_seq_len else None
+    require_config_values(config, tuple(dict.fromkeys(("vocab_size", *required))), purpose)
+    vocab_size = config_size(config, "vocab_size")
+    max_seq_len = config_size(config, "max_seq_len")
     device, forward = model_device(model), make_forward_fn(model)
     input_ids = random_input_ids(1, min(4, max_seq_len or 4), vocab_size, device)
     with model_mode(model, False), torch.no_grad():

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.model_helpers import check_positive_int
+from utils.checks import check_bool, check_non_negative_int, check_number_in_range, check_positive_int, check_str
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,16 @@ class ModelConfig:
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}); "
                 f"try n_heads={math.gcd(self.d_model, self.n_heads)}"
             )
-        if self.d_ff is not None:
-            check_positive_int(self.d_ff, "d_ff (or None for 4 * d_model)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_positive_int(self.d_ff, "d_ff", allow_none=True)  # None means 4 * d_model
+        check_number_in_range(self.dropout, "dropout", 0.0, 1.0, high_inclusive=False)
+        check_non_negative_int(self.pad_token_id, "pad_token_id")
+        if self.pad_token_id >= self.vocab_size:
+            raise ValueError(
+                f"pad_token_id ({self.pad_token_id}) must be below vocab_size ({self.vocab_size}); "
+                "it is a token id the data loader pads with"
+            )
+        check_bool(self.causal, "causal")
+        check_str(self.model_type, "model_type")
 
     @property
     def ffn_dim(self) -> int:

@@ -10,8 +10,8 @@ The detailed result of each check (its tables and figures) is in
 ``summary.attrs['results']``, a dict keyed by test name; for an 'error' row
 it holds ``{'status': 'error', 'error': ..., 'traceback': ...}``.
 
-Tier 3 (``test_fine_tuning``, ``test_amp_speedup_benchmark``) is imported
-on first use, so this module stays light.
+Tier 3 (``test_fine_tuning``, ``test_amp_speedup_benchmark``) is
+re-exported too; it is not part of the runners (it trains).
 
 Example:
     >>> from utils import test_functions as tf
@@ -22,16 +22,17 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch.nn as nn
 
+from utils.checks import check_bool, check_str
 from utils.model_helpers import probe_model, require_config_values, validate_model
+from utils.progress import progress_bar
 from utils.tier1_critical_validation import (
     test_gradient_flow,
     test_inference_speed,
@@ -41,6 +42,8 @@ from utils.tier1_critical_validation import (
     test_shape_robustness,
 )
 from utils.tier2_advanced_analysis import test_attention_patterns, test_attribution_analysis, test_robustness
+from utils.tier3_training_utilities import test_fine_tuning
+from utils.training.amp_benchmark import test_amp_speedup_benchmark
 
 SUMMARY_COLUMNS = ("test", "status", "key_figure", "time_s")
 STATUSES = ("pass", "warn", "fail", "error")
@@ -54,12 +57,6 @@ TIER1_TESTS: tuple[Callable[..., dict], ...] = (
     test_inference_speed,
 )
 TIER2_TESTS: tuple[Callable[..., dict], ...] = (test_attention_patterns, test_attribution_analysis, test_robustness)
-
-# Tier 3 name -> module, imported on first use (the lead's modules may not exist yet).
-_LAZY = {
-    "test_fine_tuning": "utils.tier3_training_utilities",
-    "test_amp_speedup_benchmark": "utils.training.amp_benchmark",
-}
 
 
 class CheckResults(dict):
@@ -117,16 +114,33 @@ def run_checks(
     progress: bool = True,
     desc: str = "checks",
 ) -> Any:
-    """Run ``checks`` in order, one summary row each, never stopping at a failing one."""
-    import pandas as pd
-    from tqdm.auto import tqdm
+    """Run ``checks`` in order, one summary row each, never stopping at a failing one.
 
+    Args:
+        model: the model to check.
+        config: its config; needs ``vocab_size`` and ``max_seq_len``.
+        checks: the check functions, each ``check(model, config, **kwargs) -> dict``.
+        options: keyword arguments per check, keyed by the check's name.
+        progress: show a progress bar over the checks.
+        desc: the progress bar's label.
+
+    Returns:
+        DataFrame with columns test, status, key_figure, time_s (details in ``.attrs['results']``).
+
+    Raises:
+        TypeError, ValueError, RuntimeError: bad model, config, checks or options, before any check runs.
+    """
+    import pandas as pd
+
+    checks = _check_checks(checks)
     options = _check_options(options, checks)
+    check_bool(progress, "progress")
+    check_str(desc, "desc")
     validate_model(model)
     require_config_values(config, ("vocab_size", "max_seq_len"), "the Tier 1/2 checks")
     probe_model(model, config, desc)  # an unusable output fails here, before any check
     rows, details = [], CheckResults()
-    bar = tqdm(checks, desc=desc, disable=not progress)
+    bar = progress_bar(checks, desc=desc, unit="check", enabled=progress)
     for check in bar:
         bar.set_postfix_str(check.__name__)
         row, details[check.__name__] = _run_one(check, model, config, options.get(check.__name__, {}))
@@ -136,16 +150,54 @@ def run_checks(
     return summary
 
 
-def _check_options(options: Mapping[str, Mapping[str, Any]] | None, checks: tuple[Callable, ...]) -> dict:
-    options = dict(options or {})
-    names = [check.__name__ for check in checks]
-    unknown = sorted(set(options) - set(names))
+def _check_checks(checks: Any) -> tuple[Callable[..., dict], ...]:
+    """``checks`` as a tuple of named functions, or a ValueError saying what to pass."""
+    is_collection = isinstance(checks, Iterable) and not isinstance(checks, (str, bytes, Mapping))
+    items = tuple(checks) if is_collection else ()
+    if not items or not all(callable(check) and hasattr(check, "__name__") for check in items):
+        raise ValueError(
+            f"checks must be a non-empty tuple of check functions such as TIER1_TESTS or "
+            f"(test_gradient_flow, test_robustness), got {checks!r:.80}"
+        )
+    return items
+
+
+def _check_options(options: Any, checks: tuple[Callable, ...]) -> dict[str, Mapping[str, Any]]:
+    """``options`` as a dict, each entry naming a check in ``checks`` and only keywords that check takes."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError(
+            "options must be a dict of test name -> keyword arguments, e.g. "
+            f"{{'test_inference_speed': {{'n_iters': 5}}}}; got {options!r:.80}"
+        )
+    by_name = {check.__name__: check for check in checks}
+    unknown = [name for name in options if name not in by_name]
     if unknown:
-        raise ValueError(f"options has unknown test name(s) {unknown}; valid names are {names}")
+        raise ValueError(f"options has unknown test name(s) {unknown}; valid names are {list(by_name)}")
     for name, kwargs in options.items():
         if not isinstance(kwargs, Mapping):
             raise TypeError(f"options[{name!r}] must be a dict of keyword arguments, got {type(kwargs).__name__}")
-    return options
+        _check_keywords(by_name[name], kwargs)
+    return dict(options)
+
+
+def _check_keywords(check: Callable[..., dict], kwargs: Mapping[str, Any]) -> None:
+    """Each key of ``kwargs`` is a keyword ``check`` takes after (model, config)."""
+    try:
+        params = list(inspect.signature(check).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C function hides its signature: let the call decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    allowed = [p.name for p in params[2:] if p.kind in keyword_kinds]  # model and config come from the runner
+    unknown = [key for key in kwargs if key not in allowed]
+    if unknown:
+        raise ValueError(
+            f"options[{check.__name__!r}] has unknown keyword(s) {unknown}; {check.__name__} takes {allowed} "
+            "(model and config are passed by the runner)"
+        )
 
 
 def _run_one(check: Callable[..., dict], model: nn.Module, config: Any, kwargs: Mapping[str, Any]) -> tuple[dict, Any]:
@@ -168,20 +220,16 @@ def _run_one(check: Callable[..., dict], model: nn.Module, config: Any, kwargs: 
     return row, result
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'utils.test_functions' has no attribute {name!r}")
-
-
 __all__ = [
     "SUMMARY_COLUMNS",
     "run_all_tests",
     "run_all_tier1_tests",
     "run_all_tier2_tests",
     "run_checks",
+    "test_amp_speedup_benchmark",
     "test_attention_patterns",
     "test_attribution_analysis",
+    "test_fine_tuning",
     "test_gradient_flow",
     "test_inference_speed",
     "test_memory_footprint",
@@ -189,8 +237,4 @@ __all__ = [
     "test_parameter_initialization",
     "test_robustness",
     "test_shape_robustness",
-]  # test_fine_tuning and test_amp_speedup_benchmark resolve lazily, so `import *` never fails on them
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+]

@@ -28,19 +28,24 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.model_helpers import (
-    ModelProbe,
+from utils.checks import (
+    check_bool,
+    check_choice,
+    check_non_negative_int,
     check_positive_int,
     check_positive_number,
+    is_int,
+)
+from utils.model_helpers import (
+    ModelProbe,
     count_parameters,
-    device_name,
     get_config_value,
     model_mode,
     model_output_tensor,
@@ -52,9 +57,15 @@ from utils.model_helpers import (
     synchronize,
     validate_model,
 )
-from utils.training.amp_utils import cuda_supports_bf16, resolve_precision, tf32_enabled
+from utils.progress import progress_bar
+from utils.records import environment_record
+from utils.training.amp_utils import PRECISION_TABLE, cuda_supports_bf16, resolve_precision
 
 MB = 2**20
+
+# Precision names come from the one precision table: fp32 runs with autocast off, the rest under autocast.
+_TIMED_PRECISIONS = tuple(PRECISION_TABLE)
+_AUTOCAST_PRECISIONS = tuple(name for name in PRECISION_TABLE if name != "fp32")
 
 # ---------------------------------------------------------------------------
 # Tier 1 helpers (the ones every tier shares live in model_helpers.py)
@@ -64,9 +75,10 @@ MB = 2**20
 def default_amp_precisions(device: torch.device) -> tuple[str, ...]:
     """The autocast precisions worth comparing with FP32 on ``device``."""
     if device.type == "cuda":
-        return ("fp16", "bf16") if cuda_supports_bf16(device) else ("fp16",)
+        # A GPU without native bf16 only emulates it, so comparing it tells nothing about real runs.
+        return tuple(name for name in _AUTOCAST_PRECISIONS if name != "bf16" or cuda_supports_bf16(device))
     if device.type == "cpu":
-        return ("bf16",)
+        return ("bf16",)  # fp16 autocast on CPU is slow and rarely what a CPU user would run
     return ()
 
 
@@ -76,12 +88,36 @@ def layer_label(name: str) -> str:
     return f"L{match.group(1)}" if match else name.split(".")[0]
 
 
-def check_positive_ints(values: Sequence[int], name: str) -> tuple[int, ...]:
-    """The sorted distinct values, or a ValueError naming ``name``."""
-    values = tuple(values)
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-        raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {values!r}")
-    return tuple(sorted(set(values)))
+def _is_collection(value: Any) -> bool:
+    """True for a list, tuple, set or other iterable of items; False for a string, a mapping or a scalar."""
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping))
+
+
+def check_positive_ints(values: Iterable[int], name: str) -> tuple[int, ...]:
+    """The sorted distinct values, or a ValueError naming ``name``.
+
+    Example:
+        >>> check_positive_ints([4, 1, 4], "batch_sizes")
+        (1, 4)
+    """
+    items = tuple(values) if _is_collection(values) else ()
+    if not items or not all(is_int(v) and v > 0 for v in items):
+        raise ValueError(f"{name} must be a non-empty sequence of positive ints such as (1, 4), got {values!r}")
+    return tuple(sorted({int(v) for v in items}))
+
+
+def _check_precision_names(
+    values: Any, name: str, allowed: tuple[str, ...], *, allow_empty: bool = True
+) -> tuple[str, ...]:
+    """The distinct names in ``values``, in their order, each one of ``allowed``; else a ValueError naming ``name``."""
+    if not _is_collection(values):
+        raise ValueError(f"{name} must be a sequence such as {allowed[-1:]!r}, got {values!r}")
+    for index, value in enumerate(values):
+        check_choice(value, f"{name}[{index}]", allowed)
+    names = tuple(dict.fromkeys(values))
+    if not names and not allow_empty:
+        raise ValueError(f"{name} must name at least one of {allowed}, got {values!r}")
+    return names
 
 
 # ---------------------------------------------------------------------------
@@ -119,21 +155,24 @@ def test_shape_robustness(
 
     Raises:
         TypeError, ValueError, RuntimeError: bad model or config (see ``probe_model``).
+        ValueError: a sweep is not a non-empty sequence of positive ints, or ``progress`` is not a bool.
     """
+    check_bool(progress, "progress")
+    batch_sizes = None if batch_sizes is None else check_positive_ints(batch_sizes, "batch_sizes")
+    seq_lengths = None if seq_lengths is None else check_positive_ints(seq_lengths, "seq_lengths")
     required = ("vocab_size",) if seq_lengths is not None else ("vocab_size", "max_seq_len")
     probe = probe_model(model, config, "test_shape_robustness", required)
     if batch_sizes is None:
-        batch_sizes = (1, 4, int(get_config_value(config, "batch_size", 8)))
+        config_batch_size = get_config_value(config, "batch_size", 8)
+        check_positive_int(config_batch_size, "config.batch_size (or pass batch_sizes=...)")
+        batch_sizes = check_positive_ints((1, 4, config_batch_size), "batch_sizes")
     if seq_lengths is None:
-        seq_lengths = (1, max(1, probe.max_seq_len // 2), probe.max_seq_len)
-    batch_sizes = check_positive_ints(batch_sizes, "batch_sizes")
-    seq_lengths = check_positive_ints(seq_lengths, "seq_lengths")
-
-    from tqdm.auto import tqdm
+        seq_lengths = check_positive_ints((1, max(1, probe.max_seq_len // 2), probe.max_seq_len), "seq_lengths")
 
     cases = [(b, t) for b in batch_sizes for t in seq_lengths]
     with model_mode(model, False), torch.no_grad():
-        rows = [_check_one_shape(probe, b, t) for b, t in tqdm(cases, desc="shapes", disable=not progress)]
+        bar = progress_bar(cases, desc="shapes", unit="case", enabled=progress)
+        rows = [_check_one_shape(probe, b, t) for b, t in bar]
     import pandas as pd
 
     table = pd.DataFrame(rows)
@@ -213,10 +252,8 @@ def test_gradient_flow(
         ValueError: ``config`` lacks ``vocab_size``, every parameter is frozen, or an argument is out of range.
         RuntimeError: the model fails on a probe batch.
     """
+    _check_gradient_args(batch_size, seq_len, loss_fn, vanishing_threshold, exploding_threshold)
     probe = probe_model(model, config, "test_gradient_flow")
-    check_positive_int(batch_size, "batch_size")
-    check_positive_number(vanishing_threshold, "vanishing_threshold")
-    check_positive_number(exploding_threshold, "exploding_threshold")
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("test_gradient_flow: every parameter has requires_grad=False; unfreeze some to check them")
     input_ids = random_input_ids(batch_size, probe.seq_len(seq_len, 32), probe.vocab_size, probe.device)
@@ -247,6 +284,25 @@ def test_gradient_flow(
         "summary": f"{len(flagged)}/{len(table)} parameters flagged ({len(no_gradient)} without gradient)",
         "figure": _plot_gradient_flow(table),
     }
+
+
+def _check_gradient_args(
+    batch_size: Any, seq_len: Any, loss_fn: Any, vanishing_threshold: Any, exploding_threshold: Any
+) -> None:
+    """test_gradient_flow's arguments, checked before the model runs."""
+    check_positive_int(batch_size, "batch_size")
+    check_positive_int(seq_len, "seq_len", allow_none=True)
+    check_positive_number(vanishing_threshold, "vanishing_threshold")
+    check_positive_number(exploding_threshold, "exploding_threshold")
+    if vanishing_threshold >= exploding_threshold:
+        raise ValueError(
+            f"vanishing_threshold ({vanishing_threshold:g}) must be below exploding_threshold "
+            f"({exploding_threshold:g}); the defaults are 1e-8 and 1e3"
+        )
+    if loss_fn is not None and not callable(loss_fn):
+        raise ValueError(
+            f"loss_fn must be a function loss_fn(output, input_ids) -> scalar tensor, or None; got {loss_fn!r}"
+        )
 
 
 def _default_loss(output: Any, input_ids: torch.Tensor, probe: ModelProbe) -> torch.Tensor:
@@ -362,18 +418,20 @@ def test_output_stability(
         ValueError: ``config`` lacks ``vocab_size``, or an argument is out of range.
         RuntimeError: the model fails on a probe batch.
     """
-    probe = probe_model(model, config, "test_output_stability")
-    check_positive_int(n_batches, "n_batches")
-    check_positive_int(batch_size, "batch_size")
+    for value, name in ((n_batches, "n_batches"), (batch_size, "batch_size")):
+        check_positive_int(value, name)
+    check_positive_int(seq_len, "seq_len", allow_none=True)
     check_positive_number(amp_rel_tolerance, "amp_rel_tolerance")
+    check_bool(progress, "progress")
+    if amp_precisions is not None:
+        amp_precisions = _check_precision_names(amp_precisions, "amp_precisions", _AUTOCAST_PRECISIONS)
+    probe = probe_model(model, config, "test_output_stability")
     plans = _amp_plans(probe.device, default_amp_precisions(probe.device) if amp_precisions is None else amp_precisions)
     batches = _stability_inputs(probe, n_batches, batch_size, probe.seq_len(seq_len, 64))
 
-    from tqdm.auto import tqdm
-
     rows, amp_rows, sample = [], [], None
     with model_mode(model, False), torch.no_grad():
-        for kind, input_ids in tqdm(batches, desc="output stability", disable=not progress):
+        for kind, input_ids in progress_bar(batches, desc="output stability", unit="batch", enabled=progress):
             reference, _ = model_output_tensor(probe.forward(input_ids))
             reference = reference.float()
             sample = reference if sample is None else sample
@@ -382,14 +440,10 @@ def test_output_stability(
     return _stability_result(rows, amp_rows, sample, amp_rel_tolerance)
 
 
-def _amp_plans(device: torch.device, precisions: Sequence[str], arg: str = "amp_precisions") -> list[tuple[str, Any]]:
-    """(name, PrecisionPlan) per autocast precision, or (name, error) where this device cannot run it."""
-    if isinstance(precisions, str):
-        raise ValueError(f"{arg} must be a sequence such as ('bf16',), got the string {precisions!r}")
+def _amp_plans(device: torch.device, precisions: Sequence[str]) -> list[tuple[str, Any]]:
+    """(name, PrecisionPlan) per checked autocast precision, or (name, error) where this device cannot run it."""
     plans = []
     for name in precisions:
-        if name not in ("fp16", "bf16"):
-            raise ValueError(f"{arg} may hold 'fp16' and 'bf16' (and 'fp32' for test_inference_speed), got {name!r}")
         try:
             plans.append((name, resolve_precision(name, device=device)))
         except ValueError as err:  # e.g. bf16 on a GPU that only emulates it
@@ -699,17 +753,16 @@ def test_memory_footprint(
         ValueError: ``config`` lacks ``vocab_size``, ``optimizer`` is unknown, or an argument is out of range.
         RuntimeError: the model fails on a probe batch.
     """
-    probe = probe_model(model, config, "test_memory_footprint")
     batch_sizes = check_positive_ints(batch_sizes, "batch_sizes")
-    if optimizer not in OPTIMIZER_STATE_SLOTS:
-        raise ValueError(f"optimizer={optimizer!r} is not one of {sorted(OPTIMIZER_STATE_SLOTS)}")
+    check_positive_int(seq_len, "seq_len", allow_none=True)
+    check_choice(optimizer, "optimizer", OPTIMIZER_STATE_SLOTS)
+    check_bool(progress, "progress")
+    probe = probe_model(model, config, "test_memory_footprint")
     seq_len = probe.seq_len(seq_len, 128)
     static = _static_memory_mb(model, optimizer)
 
-    from tqdm.auto import tqdm
-
     rows = []
-    for batch_size in tqdm(batch_sizes, desc="memory", disable=not progress):
+    for batch_size in progress_bar(batch_sizes, desc="memory", unit="batch size", enabled=progress):
         input_ids = random_input_ids(batch_size, seq_len, probe.vocab_size, probe.device)
         for mode in ("forward", "forward_backward"):
             activation_mb, method = _activation_mb(model, probe, input_ids, mode)
@@ -877,33 +930,33 @@ def test_inference_speed(
     Returns:
         dict with ``table`` (precision, batch_size, seq_len, median_ms, p95_ms,
         p99_ms, mean_ms, tokens_per_s, error), ``latencies_ms`` (precision ->
-        list), ``settings`` (device, threads, torch version, TF32), ``status``,
-        ``summary`` and ``figure``.
+        list), ``settings`` (the environment record from
+        ``utils.records.environment_record``: device, versions, threads, TF32),
+        ``status``, ``summary`` and ``figure``.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, or its output holds no logits or hidden states.
         ValueError: ``config`` lacks ``vocab_size``, a precision is unknown, or an argument is out of range.
         RuntimeError: the model fails on a probe batch.
     """
+    for value, name in ((batch_size, "batch_size"), (n_iters, "n_iters")):
+        check_positive_int(value, name)
+    check_positive_int(seq_len, "seq_len", allow_none=True)
+    check_non_negative_int(n_warmup, "n_warmup")
+    check_bool(progress, "progress")
+    if precisions is not None:
+        precisions = _check_precision_names(precisions, "precisions", _TIMED_PRECISIONS, allow_empty=False)
     probe = probe_model(model, config, "test_inference_speed")
-    check_positive_int(batch_size, "batch_size")
-    check_positive_int(n_iters, "n_iters")
-    if not isinstance(n_warmup, int) or n_warmup < 0:
-        raise ValueError(f"n_warmup must be a non-negative int, got {n_warmup!r}")
     if precisions is None:
         precisions = ("fp32", *default_amp_precisions(probe.device))
-    if isinstance(precisions, str):
-        raise ValueError(f"precisions must be a sequence such as ('fp32', 'bf16'), got the string {precisions!r}")
-    amp = _amp_plans(probe.device, [p for p in precisions if p != "fp32"], "precisions")
+    amp = _amp_plans(probe.device, [p for p in precisions if p != "fp32"])
     plans = ([("fp32", resolve_precision("fp32", device=probe.device))] if "fp32" in precisions else []) + amp
     seq_len = probe.seq_len(seq_len, 128)
     input_ids = random_input_ids(batch_size, seq_len, probe.vocab_size, probe.device)
 
-    from tqdm.auto import tqdm
-
     rows, latencies = [], {}
     with model_mode(model, False), torch.no_grad():
-        for name, plan in tqdm(plans, desc="inference speed", disable=not progress):
+        for name, plan in progress_bar(plans, desc="inference speed", unit="precision", enabled=progress):
             row = {"precision": name, "batch_size": batch_size, "seq_len": seq_len}
             try:
                 latencies[name] = _time_forward(probe, input_ids, plan, n_warmup, n_iters)
@@ -945,12 +998,7 @@ def _speed_result(rows: list[dict], latencies: dict[str, list[float]], device: t
     import pandas as pd
 
     table = pd.DataFrame(rows)
-    settings = {
-        "device": device_name(device),
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "tf32_matmul": tf32_enabled() if device.type == "cuda" else None,
-    }
+    settings = environment_record(device)  # several precisions ran, so the record names none
     timed = table[table["error"] == ""] if "error" in table else table
     summary = ", ".join(f"{r.precision} {r.median_ms:.2f} ms ({r.tokens_per_s:,.0f} tok/s)" for r in timed.itertuples())
     return {
@@ -959,7 +1007,7 @@ def _speed_result(rows: list[dict], latencies: dict[str, list[float]], device: t
         "settings": settings,
         "status": result_status(timed.empty, len(timed) < len(table)),
         "summary": summary or "no precision could be timed",
-        "figure": _plot_latencies(latencies, settings["device"]),
+        "figure": _plot_latencies(latencies, settings["device_name"]),
     }
 
 

@@ -24,16 +24,23 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from utils.model_helpers import (
-    ModelProbe,
+from utils.checks import (
+    check_bool,
+    check_int,
+    check_non_negative_int,
+    check_non_negative_number,
+    check_number_in_range,
     check_positive_int,
     check_positive_number,
+)
+from utils.model_helpers import (
+    ModelProbe,
     find_token_embedding,
     forward_accepts,
     model_mode,
@@ -43,6 +50,7 @@ from utils.model_helpers import (
     replaced_output,
     result_status,
 )
+from utils.progress import progress_bar
 
 # ---------------------------------------------------------------------------
 # test_attention_patterns
@@ -81,8 +89,8 @@ def test_attention_patterns(
         input_ids: optional real inputs ``(B, T)``; random tokens otherwise.
         batch_size: sequences, for random inputs.
         seq_len: tokens per sequence, for random inputs; default ``min(32, max_seq_len)``.
-        collapse_entropy: normalized-entropy threshold for a collapsed head.
-        collapse_share: share of queries on one key for a collapsed head.
+        collapse_entropy: normalized-entropy threshold for a collapsed head, in (0, 1].
+        collapse_share: share of queries on one key for a collapsed head, in (0, 1].
         min_visible_keys: leave out query rows that see fewer keys.
         max_layers_plotted: layers in the heatmap grid.
         max_heads_plotted: heads per layer in the heatmap grid.
@@ -96,17 +104,21 @@ def test_attention_patterns(
         ``figure`` (heatmaps of the first sequence) and ``entropy_figure``.
 
     Raises:
-        ValueError: the model exposes no attention weights (see the message for how to add them).
+        TypeError, ValueError, RuntimeError: bad model or config (see ``probe_model``).
+        ValueError: an argument is out of range, or the model exposes no attention weights
+            (see the message for how to add them).
     """
-    probe = probe_model(model, config, "test_attention_patterns")
     for value, name in ((collapse_entropy, "collapse_entropy"), (collapse_share, "collapse_share")):
-        check_positive_number(value, name)
+        check_number_in_range(value, name, 0.0, 1.0, low_inclusive=False)  # both are fractions
     for value, name in (
+        (batch_size, "batch_size"),
         (min_visible_keys, "min_visible_keys"),
         (max_layers_plotted, "max_layers_plotted"),
         (max_heads_plotted, "max_heads_plotted"),
     ):
         check_positive_int(value, name)
+    check_positive_int(seq_len, "seq_len", allow_none=True)
+    probe = probe_model(model, config, "test_attention_patterns")
     input_ids = _resolve_input_ids(probe, input_ids, batch_size, probe.seq_len(seq_len, 32))
     with model_mode(model, False):
         attentions, method = capture_attentions(model, probe, input_ids)
@@ -137,11 +149,30 @@ def _resolve_input_ids(
 ) -> torch.Tensor:
     """The user's ``input_ids`` checked and moved to the model, or random ones."""
     if input_ids is None:
-        check_positive_int(batch_size, "batch_size")
         return random_input_ids(batch_size, seq_len, probe.vocab_size, probe.device)
-    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
-        raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq), got {input_ids!r:.80}")
+    _check_input_ids(input_ids, probe)
     return input_ids.to(probe.device)
+
+
+def _check_input_ids(input_ids: Any, probe: ModelProbe) -> None:
+    """Token ids the model can embed: an integer (B, T) tensor, T within max_seq_len, ids in [0, vocab_size)."""
+    integer = isinstance(input_ids, torch.Tensor) and input_ids.dtype in (torch.int64, torch.int32)
+    if not integer or input_ids.ndim != 2 or input_ids.numel() == 0:
+        raise ValueError(
+            f"input_ids must be a non-empty torch.long tensor of shape (batch, seq), got {input_ids!r:.80}; "
+            "e.g. torch.tensor([[5, 6, 7]])"
+        )
+    if probe.max_seq_len and input_ids.shape[1] > probe.max_seq_len:
+        raise ValueError(
+            f"input_ids has {input_ids.shape[1]} tokens per sequence, more than max_seq_len={probe.max_seq_len}; "
+            "truncate it"
+        )
+    low, high = int(input_ids.min()), int(input_ids.max())  # deliberate sync, once, at the edge
+    if low < 0 or high >= probe.vocab_size:
+        raise ValueError(
+            f"input_ids holds token ids from {low} to {high}, outside the vocabulary [0, {probe.vocab_size}); "
+            "check the tokenizer against config.vocab_size"
+        )
 
 
 def capture_attentions(model: nn.Module, probe: ModelProbe, input_ids: torch.Tensor) -> tuple[list[torch.Tensor], str]:
@@ -164,7 +195,6 @@ def capture_attentions(model: nn.Module, probe: ModelProbe, input_ids: torch.Ten
         "output_attentions=True nor uses nn.MultiheadAttention. Make forward(input_ids, output_attentions=True) "
         "return {'logits': ..., 'attentions': [one (B, n_heads, T, T) tensor per layer]}"
     )
-
 
 
 def _attentions_from_output(model: nn.Module, input_ids: torch.Tensor) -> list[torch.Tensor]:
@@ -388,10 +418,14 @@ def test_attribution_analysis(
             rows, or an argument (``position``, ``target_token``, ...) is out of range.
         RuntimeError: the model fails on a probe batch.
     """
-    probe = probe_model(model, config, "test_attribution_analysis")
     for value, name in ((n_samples, "n_samples"), (n_steps, "n_steps"), (steps_per_batch, "steps_per_batch")):
         check_positive_int(value, name)
+    check_positive_int(seq_len, "seq_len", allow_none=True)
+    check_int(position, "position")
+    check_non_negative_int(target_token, "target_token", allow_none=True)
     check_positive_number(delta_tolerance, "delta_tolerance")
+    check_bool(progress, "progress")
+    probe = probe_model(model, config, "test_attribution_analysis")
     embedding = find_token_embedding(model, probe.vocab_size)
     input_ids = _resolve_input_ids(probe, input_ids, n_samples, probe.seq_len(seq_len, 16))
     with model_mode(model, False):
@@ -406,6 +440,11 @@ def _attribution_target(probe: ModelProbe, input_ids: torch.Tensor, position: in
     if not -seq_len <= position < seq_len:
         raise ValueError(f"position={position} is outside the sequence of length {seq_len}")
     if probe.output_kind != "logits":
+        if target_token is not None:
+            raise ValueError(
+                f"target_token={target_token} needs a model that returns logits; this one returns hidden states "
+                f"of width {probe.output_dim}, so leave target_token=None (a fixed direction is explained instead)"
+            )
         direction = torch.randn(probe.output_dim, generator=torch.Generator().manual_seed(0))
         return {"position": position, "tokens": None, "direction": (direction / direction.norm()).to(probe.device)}
     if target_token is not None:
@@ -444,8 +483,6 @@ def _integrated_gradients(
     steps_per_batch: int,
     progress: bool,
 ) -> dict[str, torch.Tensor]:
-    from tqdm.auto import tqdm
-
     with torch.no_grad():
         inputs = embedding(input_ids).float()  # (B, T, C)
     baseline = torch.zeros_like(inputs)
@@ -453,7 +490,7 @@ def _integrated_gradients(
     alphas, weights = _gauss_legendre(n_steps)
     total = torch.zeros_like(inputs)
     chunks = list(zip(alphas.split(steps_per_batch), weights.split(steps_per_batch), strict=True))
-    for alpha, weight in tqdm(chunks, desc="integrated gradients", disable=not progress):
+    for alpha, weight in progress_bar(chunks, desc="integrated gradients", unit="chunk", enabled=progress):
         grads = _scores_along_path(probe, embedding, input_ids, inputs, baseline, alpha, target, True)
         total += (weight.to(grads).view(-1, 1, 1, 1) * grads).sum(0)
     attributions = (inputs - baseline) * total  # (B, T, C)
@@ -582,12 +619,12 @@ def test_robustness(
     Args:
         model: the model (eval mode).
         config: its config; needs ``vocab_size``.
-        noise_levels: relative noise levels, e.g. ``(0.0, 0.1, 1.0)``.
+        noise_levels: relative noise levels (finite, >= 0), e.g. ``(0.0, 0.1, 1.0)``.
         n_samples: sequences.
         seq_len: tokens; default ``min(32, max_seq_len)``.
         n_trials: noise draws per level (results are averaged).
-        min_agreement: warn when agreement at the smallest nonzero level is below this.
-        seed: seeds the inputs and the noise.
+        min_agreement: warn when agreement at the smallest nonzero level is below this, in (0, 1].
+        seed: seeds the inputs and the noise (an int).
         progress: show a progress bar.
 
     Returns:
@@ -600,31 +637,38 @@ def test_robustness(
             rows, or an argument is out of range.
         RuntimeError: the model fails on a probe batch.
     """
-    probe = probe_model(model, config, "test_robustness")
     levels = _check_noise_levels(noise_levels)
     for value, name in ((n_samples, "n_samples"), (n_trials, "n_trials")):
         check_positive_int(value, name)
-    check_positive_number(min_agreement, "min_agreement")
+    check_positive_int(seq_len, "seq_len", allow_none=True)
+    check_number_in_range(min_agreement, "min_agreement", 0.0, 1.0, low_inclusive=False)  # a share of positions
+    check_int(seed, "seed")
+    check_bool(progress, "progress")
+    probe = probe_model(model, config, "test_robustness")
     embedding = find_token_embedding(model, probe.vocab_size)
     input_ids = random_input_ids(n_samples, probe.seq_len(seq_len, 32), probe.vocab_size, probe.device, seed)
     generator = torch.Generator(device=probe.device).manual_seed(seed)
 
-    from tqdm.auto import tqdm
-
     rows = []
     with model_mode(model, False), torch.no_grad():
         clean = model_output_tensor(probe.forward(input_ids))[0].float()
-        for level in tqdm(levels, desc="robustness", disable=not progress):
+        for level in progress_bar(levels, desc="robustness", unit="level", enabled=progress):
             trials = [_noisy_comparison(probe, embedding, input_ids, clean, level, generator) for _ in range(n_trials)]
             rows.append({"noise_level": level, **{k: sum(t[k] for t in trials) / n_trials for k in trials[0]}})
     return _robustness_result(rows, probe.output_kind, min_agreement)
 
 
-def _check_noise_levels(noise_levels: Sequence[float]) -> list[float]:
-    levels = list(noise_levels) if not isinstance(noise_levels, (str, bytes)) else []
-    if not levels or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in levels):
-        raise ValueError(f"noise_levels must be a non-empty sequence of numbers >= 0, got {noise_levels!r}")
-    return sorted(set(float(v) for v in levels))
+def _check_noise_levels(noise_levels: Any) -> list[float]:
+    """The sorted distinct levels, or a ValueError naming ``noise_levels``."""
+    is_collection = isinstance(noise_levels, Iterable) and not isinstance(noise_levels, (str, bytes, Mapping))
+    levels = list(noise_levels) if is_collection else []
+    if not levels:
+        raise ValueError(
+            f"noise_levels must be a non-empty sequence of numbers >= 0 such as (0.0, 0.1), got {noise_levels!r}"
+        )
+    for index, level in enumerate(levels):
+        check_non_negative_number(level, f"noise_levels[{index}]")
+    return sorted({float(v) for v in levels})
 
 
 def _noisy_comparison(

@@ -13,24 +13,32 @@ which are single-device measurements, are left out and the report says so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import inspect
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from utils import __version__, report
-from utils.model_helpers import detect_vocab_size, resolve_device
+from utils.checks import check_int, check_path, check_positive_int, check_positive_number
+from utils.model_helpers import detect_vocab_size, get_config_value, resolve_device
 from utils.models import tiny_gpt
 from utils.training import checkpoint
 from utils.training.amp_utils import resolve_precision
 from utils.training.distributed import launched_rank, launched_world_size
+
+DEFAULT_SEQ_LEN = 128  # for a model file that brings no config
+# torch.manual_seed takes [-2**63, 2**64); the loop adds the rank and the epoch, so keep the top half free.
+SEED_RANGE = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -48,73 +56,155 @@ class RunProfile:
 
 FULL = RunProfile()
 QUICK = RunProfile(n_epochs=1, max_steps=30, max_corpus_bytes=40_000, max_val_batches=4, benchmark_steps=12)
+# RunProfile field -> the flag that overrides it, and the check its value must pass.
+PROFILE_FLAGS = {
+    "n_epochs": ("--epochs", check_positive_int),
+    "max_steps": ("--max-steps", check_positive_int),
+    "batch_size": ("--batch-size", check_positive_int),
+    "learning_rate": ("--lr", check_positive_number),
+}
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    """What the checks built before any work: the profile, the report folder and the model."""
+
+    profile: RunProfile
+    out: Path
+    model: nn.Module
+    config: Any
+    label: str
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m utils`` parser; each help line states its default once, in its own words."""
     parser = argparse.ArgumentParser(
         prog="python -m utils",
         description="Check, train and benchmark a transformer: the built-in tiny GPT by default, or --model yours.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", metavar="FILE.py:NAME",
-                        help="your model: a class (built with no arguments, or with the file's `config`) "
-                             "or a function returning a model or (model, config); default: the built-in tiny GPT")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                        help="fine-tuning precision; auto picks bf16/fp16 where the hardware has it")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default: reports/run-<time>)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    parser.add_argument("--quick", action="store_true", help="a short run (~30 s on a laptop CPU) to check the wiring")
-    parser.add_argument("--epochs", type=int, help="training epochs (default 3, or 1 with --quick)")
-    parser.add_argument("--max-steps", type=int, help="cap on optimizer steps")
-    parser.add_argument("--batch-size", type=int, help="sequences per batch (default 8)")
-    parser.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    parser.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's max_seq_len)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compile", action="store_true", help="train through torch.compile (the first steps compile)")
-    parser.add_argument("--checkpoint-dir", type=Path, help="write last.pt there at each epoch end (rank 0)")
-    parser.add_argument("--resume", type=Path, metavar="CHECKPOINT", help="continue fine-tuning from a last.pt")
-    parser.add_argument("--no-benchmark", action="store_true", help="skip the FP32 vs AMP benchmark")
-    parser.add_argument("--no-tiers", action="store_true", help="skip the Tier 1 and Tier 2 checks")
-    parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without an API key)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--version", action="version", version=f"utils {__version__}")
+    _add_model_options(parser)
+    _add_training_options(parser)
+    _add_output_options(parser)
     return parser
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and hardware")
+    group.add_argument(
+        "--model",
+        metavar="FILE.py:NAME",
+        help="your model: a class (built with no arguments, or with the file's `config`) or a function returning "
+        "a model or (model, config) (default: the built-in tiny GPT)",
+    )
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    group.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="fine-tuning precision; auto picks bf16/fp16 where the hardware has it (default: %(default)s)",
+    )
+    group.add_argument("--compile", action="store_true", help="train through torch.compile (the first steps compile)")
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--quick", action="store_true", help="a short run (~30 s on a laptop CPU) to check the wiring")
+    for flag, kind, text in (
+        ("--epochs", int, f"training epochs (default: {_profile_default('n_epochs')})"),
+        ("--max-steps", int, f"cap on optimizer steps (default: {_profile_default('max_steps')})"),
+        ("--batch-size", int, f"sequences per batch (default: {_profile_default('batch_size')})"),
+        ("--lr", float, f"peak learning rate (default: {_profile_default('learning_rate')})"),
+    ):
+        group.add_argument(flag, type=kind, metavar="N" if kind is int else "LR", help=text)
+    group.add_argument(
+        "--seq-len",
+        type=int,
+        metavar="N",
+        help="tokens per sequence, at least 2 (default: the model's max_seq_len, "
+        f"or {DEFAULT_SEQ_LEN} for a model file without a config)",
+    )
+    group.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed for weights, data and dropout (default: %(default)s)"
+    )
+    group.add_argument(
+        "--checkpoint-dir", metavar="DIR", help="write last.pt there at each epoch end (rank 0); made if missing"
+    )
+    group.add_argument("--resume", metavar="CHECKPOINT", help="continue fine-tuning from a last.pt (or its folder)")
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("what runs and where it goes")
+    group.add_argument("--no-benchmark", action="store_true", help="skip the FP32 vs AMP benchmark")
+    group.add_argument("--no-tiers", action="store_true", help="skip the Tier 1 and Tier 2 checks")
+    group.add_argument("--out", metavar="DIR", help="report folder (default: reports/run-<time>)")
+    group.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
+    group.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without an API key)")
+    group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _profile_default(field: str) -> str:
+    """A profile field's default as help text, with the --quick value where that differs."""
+    full, quick = (getattr(profile, field) for profile in (FULL, QUICK))
+    text = "no cap" if full is None else f"{full:g}" if isinstance(full, float) else str(full)
+    return text if quick == full else f"{text}, or {quick} with --quick"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the main job; any bad argument ends with a usage error (exit 2) before any work.
+
+    Example:
+        >>> main(["--quick", "--out", "reports/try"])
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        profile = _profile_from_args(args)
-        out = args.out or Path("reports") / time.strftime("run-%Y%m%d-%H%M%S")
-        report.check_report_folder(out, args.overwrite)
-        checkpoint.check_checkpoint_dir(args.checkpoint_dir)
-        if args.resume is not None and not args.resume.exists():
-            raise FileNotFoundError(f"--resume {args.resume}: no such checkpoint file or folder")
-        device = resolve_device(args.device)
-        resolve_precision(args.precision, use_amp=args.precision == "auto", device=device)
-        model, config, label = load_model(args.model, args.seq_len)
+        inputs = check_args(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         parser.error(str(err))
+    return _run_job(args, inputs)
 
+
+def check_args(args: argparse.Namespace) -> CheckedInputs:
+    """Check every argument, cheapest first, and build the model; nothing is written.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError: naming the flag and the fix.
+    """
+    profile = _profile_from_args(args)
+    _check_seq_len_and_seed(args.seq_len, args.seed)
+    out = _check_paths(args)
+    device = _resolve_device(args.device)
+    with _naming("--precision"):
+        resolve_precision(args.precision, use_amp=args.precision == "auto", device=device)
+    model, config, label = load_model(args.model, args.seq_len)
+    _check_seq_len_fits(args.seq_len, config, args.model)
+    _check_resume(args.resume, model, profile.n_epochs)
+    return CheckedInputs(profile, out, model, config, label)
+
+
+def _run_job(args: argparse.Namespace, inputs: CheckedInputs) -> int:
+    """Run the sections; rank 0 writes the report and prints the summary."""
     world_size, is_main = launched_world_size(), launched_rank() == 0
-    say = print if is_main else (lambda *a, **k: None)
-    say(f"utils {__version__}: {label}, device={args.device}, precision={args.precision}", flush=True)
+    say = print if is_main else _say_nothing
+    say(f"utils {__version__}: {inputs.label}, device={args.device}, precision={args.precision}", flush=True)
     if world_size > 1:
-        say(f"torchrun with {world_size} processes: DDP fine-tuning only; the AMP benchmark and the "
-            "Tier 1/2 checks are single-device measurements, run them without torchrun", flush=True)  # fmt: skip
+        say(
+            f"torchrun with {world_size} processes: DDP fine-tuning only; the AMP benchmark and the "
+            "Tier 1/2 checks are single-device measurements, run them without torchrun",
+            flush=True,
+        )
         args.no_benchmark = args.no_tiers = True
-    sections = _run_all(model, config, args, profile)
+    sections = _run_all(inputs.model, inputs.config, args, inputs.profile)
     if not is_main:
         return 0  # rank 0 writes the report
     summary_rows = _summary_rows(sections)
     folder = report.write_report(
-        out,
-        figures={name: fig for name, fig in _collect(sections, "figures").items()},
-        tables={name: table for name, table in _collect(sections, "tables").items()},
-        results={"model": label, "version": __version__, **{k: s["results"] for k, s in sections.items()}},
-        summary_md=_summary_markdown(label, summary_rows),
+        inputs.out,
+        figures=_collect(sections, "figures"),
+        tables=_collect(sections, "tables"),
+        results={"model": inputs.label, "version": __version__, **{k: s["results"] for k, s in sections.items()}},
+        summary_md=_summary_markdown(inputs.label, summary_rows),
         overwrite=args.overwrite,
     )
     print()
@@ -123,14 +213,73 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _say_nothing(*args: Any, **kwargs: Any) -> None:
+    """``print`` for ranks other than 0: one report, one voice."""
+
+
 def _profile_from_args(args: argparse.Namespace) -> RunProfile:
-    profile = QUICK if args.quick else FULL
-    flags = {"n_epochs": ("--epochs", args.epochs), "max_steps": ("--max-steps", args.max_steps),
-             "batch_size": ("--batch-size", args.batch_size), "learning_rate": ("--lr", args.lr)}  # fmt: skip
-    for flag, value in flags.values():
-        if value is not None and not value > 0:
-            raise ValueError(f"{flag} must be positive, got {value}")
-    return dataclasses.replace(profile, **{field: v for field, (_, v) in flags.items() if v is not None})
+    """The --quick or full profile, with each given flag checked and applied."""
+    given = {}
+    for field, (flag, check) in PROFILE_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            check(value, flag)
+            given[field] = value
+    return dataclasses.replace(QUICK if args.quick else FULL, **given)
+
+
+def _check_seq_len_and_seed(seq_len: int | None, seed: int) -> None:
+    """--seq-len needs a token and the next one to predict; --seed must fit torch's generator."""
+    if seq_len is not None:
+        check_positive_int(seq_len, "--seq-len")
+        if seq_len < 2:
+            raise ValueError(f"--seq-len must be at least 2 (a token and the next one to predict), got {seq_len}")
+    check_int(seed, "--seed")
+    low, high = SEED_RANGE
+    if not low <= seed <= high:
+        raise ValueError(f"--seed must be between {low} and {high}, got {seed}")
+
+
+def _check_paths(args: argparse.Namespace) -> Path:
+    """Check --out, --checkpoint-dir and --resume paths; return the report folder."""
+    for flag, value in (("--out", args.out), ("--checkpoint-dir", args.checkpoint_dir), ("--resume", args.resume)):
+        if value is not None:
+            check_path(value, flag)  # an empty path would silently mean the current folder
+    out = Path(args.out) if args.out is not None else Path("reports") / time.strftime("run-%Y%m%d-%H%M%S")
+    report.check_report_folder(out, args.overwrite)
+    if args.checkpoint_dir is not None:
+        _check_checkpoint_dir(Path(args.checkpoint_dir), out)
+    return out
+
+
+def _check_checkpoint_dir(folder: Path, out: Path) -> None:
+    """The checkpoint folder must be makeable and writable, and outside the report folder."""
+    checkpoint.check_checkpoint_dir(folder, name="--checkpoint-dir")
+    report.check_writable(folder, "--checkpoint-dir")  # a real write: permission bits miss root and special mounts
+    if folder.resolve() == out.resolve() or out.resolve() in folder.resolve().parents:
+        raise ValueError(
+            f"--checkpoint-dir {folder} is inside --out {out}, and the report replaces that folder as a whole; "
+            f"keep checkpoints beside it, e.g. --checkpoint-dir {out.parent / 'checkpoints'}"
+        )
+
+
+def _resolve_device(name: str) -> torch.device:
+    with _naming("--device"):
+        return resolve_device(name)
+
+
+@contextlib.contextmanager
+def _naming(
+    flag: str, errors: tuple[type[Exception], ...] = (ValueError, TypeError, FileNotFoundError)
+) -> Iterator[None]:
+    """Re-raise ``errors`` as a ValueError that starts with ``flag``, so the usage error names it."""
+    try:
+        yield
+    except errors as err:
+        if str(err).startswith(flag):
+            raise
+        kind = "" if isinstance(err, ValueError) else f"{type(err).__name__}: "
+        raise ValueError(f"{flag}: {kind}{err}") from err
 
 
 def load_model(spec: str | None, seq_len: int | None = None) -> tuple[nn.Module, Any, str]:
@@ -140,35 +289,58 @@ def load_model(spec: str | None, seq_len: int | None = None) -> tuple[nn.Module,
         (model, config, label). When the file defines no config, one is made
         from the model: ``vocab_size`` from its output width and
         ``max_seq_len`` from ``--seq-len`` (default 128).
+
+    Raises:
+        ValueError, FileNotFoundError: naming ``--model``; errors the user's
+            code raises while importing or building the model come back as a ValueError.
     """
     if spec is None:
         model, config = tiny_gpt()
         return model, config, "built-in tiny GPT"
+    path, name = _parse_model_spec(spec)
+    flag = f"--model {spec!r}"
+    with _naming(flag, (Exception,)):  # the user's code may raise anything; say where it came from
+        module = _import_file(path)
+    if not hasattr(module, name):
+        raise ValueError(f"{flag}: {path} defines no {name!r}; its classes and functions are {_defined(module)}")
+    with _naming(flag, (Exception,)):
+        model, config = _instantiate(getattr(module, name), module, flag)
+        if config is None:
+            config = SimpleNamespace(max_seq_len=seq_len or DEFAULT_SEQ_LEN)
+            config.vocab_size = detect_vocab_size(model, config)
+    return model, config, f"{name} from {path}"
+
+
+def _parse_model_spec(spec: str) -> tuple[Path, str]:
     path_text, sep, name = spec.rpartition(":")
     if not sep or not path_text.endswith(".py") or not name.isidentifier():
         raise ValueError(f"--model {spec!r} must look like path/to/file.py:ClassName")
     path = Path(path_text)
     if not path.is_file():
         raise FileNotFoundError(f"--model: no file at {path}")
-    module = _import_file(path)
-    if not hasattr(module, name):
-        raise ValueError(f"--model: {path} defines no {name!r}; it has {sorted(n for n in vars(module) if not n.startswith('_'))}")
-    model, config = _instantiate(getattr(module, name), module, spec)
-    if config is None:
-        config = SimpleNamespace(max_seq_len=seq_len or 128)
-        config.vocab_size = detect_vocab_size(model, config)
-    return model, config, f"{name} from {path}"
+    return path, name
+
+
+def _defined(module: Any) -> list[str]:
+    """The public classes and functions of ``module``: the names --model could take."""
+    return sorted(
+        n for n, v in vars(module).items() if not n.startswith("_") and (inspect.isclass(v) or inspect.isfunction(v))
+    )
 
 
 def _import_file(path: Path) -> Any:
     module_spec = importlib.util.spec_from_file_location(f"user_model_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_spec.name] = module  # dataclasses and pickling look modules up here
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_spec.name]  # no half-imported module for the next try
+        raise
     return module
 
 
-def _instantiate(obj: Any, module: Any, spec: str) -> tuple[nn.Module, Any]:
+def _instantiate(obj: Any, module: Any, flag: str) -> tuple[nn.Module, Any]:
     file_config = getattr(module, "config", None) or getattr(module, "CONFIG", None)
     if inspect.isclass(obj):
         takes_config = "config" in inspect.signature(obj).parameters
@@ -178,10 +350,30 @@ def _instantiate(obj: Any, module: Any, spec: str) -> tuple[nn.Module, Any]:
         built = obj()
         model, config = built if isinstance(built, tuple) else (built, file_config)
     else:
-        raise TypeError(f"--model {spec!r} names a {type(obj).__name__}, not a class or function")
+        raise ValueError(
+            f"{flag} names a value of type {type(obj).__name__}, not a class or function; "
+            "name your model class or a function that returns the model"
+        )
     if not isinstance(model, nn.Module):
-        raise TypeError(f"--model {spec!r} built a {type(model).__name__}, not a torch.nn.Module")
+        raise ValueError(f"{flag} built a {type(model).__name__}, not a torch.nn.Module; return the model itself")
     return model, config if config is not None else getattr(model, "config", None)
+
+
+def _check_seq_len_fits(seq_len: int | None, config: Any, spec: str | None) -> None:
+    """--seq-len must fit the model; without it, the config must say how long a sequence may be."""
+    max_seq_len = get_config_value(config, "max_seq_len")
+    if seq_len is None and max_seq_len is None:
+        raise ValueError(f"--model {spec!r}: its config has no max_seq_len (or an alias of it); pass --seq-len")
+    if seq_len is not None and max_seq_len is not None and seq_len > max_seq_len:
+        raise ValueError(
+            f"--seq-len {seq_len} exceeds the model's max_seq_len {max_seq_len}; pass --seq-len {max_seq_len} or less"
+        )
+
+
+def _check_resume(resume: str | None, model: nn.Module, n_epochs: int) -> None:
+    """Read --resume once before any work: a checkpoint of this model, with an epoch left to train."""
+    if resume is not None:
+        checkpoint.load_for_resume(resume, model, n_epochs, name="--resume", epochs_name="--epochs")
 
 
 def _run_all(model: nn.Module, config: Any, args: argparse.Namespace, profile: RunProfile) -> dict[str, dict]:
@@ -198,17 +390,49 @@ def _run_fine_tuning(model: nn.Module, config: Any, args: argparse.Namespace, pr
     from utils import tier3_training_utilities as tier3
 
     r = tier3.test_fine_tuning(
-        model, config, n_epochs=profile.n_epochs, learning_rate=profile.learning_rate,
-        batch_size=profile.batch_size, use_wandb=args.wandb, use_amp=args.precision == "auto",
-        precision=args.precision, device=args.device, max_steps=profile.max_steps, seed=args.seed,
-        seq_len=args.seq_len, max_corpus_bytes=profile.max_corpus_bytes,
-        max_val_batches=profile.max_val_batches, progress=not args.no_progress, compile=args.compile,
-        checkpoint_dir=args.checkpoint_dir, resume_from=args.resume,
-    )  # fmt: skip
-    keep = ("precision", "precision_reason", "device", "world_size", "compiled", "optimizer_steps", "initial_loss",
-            "final_loss", "val_loss", "val_accuracy", "best_epoch", "training_time_seconds", "samples_per_second",
-            "tokens_per_second", "mfu", "throughput", "skipped_steps", "final_loss_scale", "parameters",
-            "data_source", "checkpoint_path", "loss_history")  # fmt: skip
+        model,
+        config,
+        n_epochs=profile.n_epochs,
+        learning_rate=profile.learning_rate,
+        batch_size=profile.batch_size,
+        use_wandb=args.wandb,
+        use_amp=args.precision == "auto",
+        precision=args.precision,
+        device=args.device,
+        max_steps=profile.max_steps,
+        seed=args.seed,
+        seq_len=args.seq_len,
+        max_corpus_bytes=profile.max_corpus_bytes,
+        max_val_batches=profile.max_val_batches,
+        progress=not args.no_progress,
+        compile=args.compile,
+        checkpoint_dir=args.checkpoint_dir,
+        resume_from=args.resume,
+    )
+    keep = (
+        "precision",
+        "precision_reason",
+        "device",
+        "world_size",
+        "compiled",
+        "optimizer_steps",
+        "initial_loss",
+        "final_loss",
+        "val_loss",
+        "val_accuracy",
+        "best_epoch",
+        "training_time_seconds",
+        "samples_per_second",
+        "tokens_per_second",
+        "mfu",
+        "throughput",
+        "skipped_steps",
+        "final_loss_scale",
+        "parameters",
+        "data_source",
+        "checkpoint_path",
+        "loss_history",
+    )
     throughput = r["throughput"]
     return {
         "results": {k: r[k] for k in keep},
@@ -230,12 +454,22 @@ def _run_benchmark(model: nn.Module, config: Any, args: argparse.Namespace, prof
     from utils.training import amp_benchmark
 
     b = amp_benchmark.test_amp_speedup_benchmark(
-        model, config, n_epochs=1, learning_rate=profile.learning_rate, batch_size=profile.batch_size,
-        use_wandb=args.wandb, precision=args.precision if args.precision in ("fp16", "bf16") else "auto",
-        device=args.device, max_steps=profile.benchmark_steps, seed=args.seed, seq_len=args.seq_len,
-        max_corpus_bytes=profile.max_corpus_bytes, max_val_batches=profile.max_val_batches,
-        progress=not args.no_progress, compile=args.compile,
-    )  # fmt: skip
+        model,
+        config,
+        n_epochs=1,
+        learning_rate=profile.learning_rate,
+        batch_size=profile.batch_size,
+        use_wandb=args.wandb,
+        precision=args.precision if args.precision in ("fp16", "bf16") else "auto",
+        device=args.device,
+        max_steps=profile.benchmark_steps,
+        seed=args.seed,
+        seq_len=args.seq_len,
+        max_corpus_bytes=profile.max_corpus_bytes,
+        max_val_batches=profile.max_val_batches,
+        progress=not args.no_progress,
+        compile=args.compile,
+    )
     if b["status"] != "ok":
         return {"results": b, "figures": {}, "tables": {}, "summary": [("status", b["notes"][0])]}
     mem = b["memory_reduction_pct"]
@@ -268,7 +502,9 @@ def _run_tiers(model: nn.Module, config: Any, args: argparse.Namespace) -> dict[
             "results": table.to_dict("records"),
             "figures": figures,
             "tables": {tier: table, **tables},
-            "summary": [(row["test"], f"{row['status']}: {row.get('key_figure', '')}") for row in table.to_dict("records")],
+            "summary": [
+                (row["test"], f"{row['status']}: {row.get('key_figure', '')}") for row in table.to_dict("records")
+            ],
         }
     return sections
 
@@ -278,8 +514,11 @@ def _collect(sections: dict[str, dict], key: str) -> dict[str, Any]:
 
 
 def _summary_rows(sections: dict[str, dict]) -> list[dict[str, Any]]:
-    return [{"section": name, "metric": metric, "value": value}
-            for name, section in sections.items() for metric, value in section["summary"]]  # fmt: skip
+    return [
+        {"section": name, "metric": metric, "value": value}
+        for name, section in sections.items()
+        for metric, value in section["summary"]
+    ]
 
 
 def _summary_markdown(label: str, rows: list[dict[str, Any]]) -> str:

@@ -5,9 +5,9 @@ same weights, data and batch order: in strict FP32 (TF32 off, recorded) and in
 mixed precision (bf16 where the GPU has it, else fp16; bf16 autocast on CPU).
 It compares median step times, CUDA peak memory and validation accuracy.
 
-    python benchmarks/amp_sweep.py --threads 1                      # CPU: tiny only
-    python benchmarks/amp_sweep.py --device cuda                    # GPU: all four shapes
-    python benchmarks/amp_sweep.py --device cuda --shapes gpt2-small
+    python -m benchmarks.amp_sweep --threads 1                      # CPU: tiny only
+    python -m benchmarks.amp_sweep --device cuda                    # GPU: all four shapes
+    python -m benchmarks.amp_sweep --device cuda --shapes gpt2-small
 
 Targets (GPU, gpt2-small): speedup >= 4x on an H100, peak memory down >= 40%;
 accuracy within 0.01 at every shape. Prints a table and writes JSON (``--out``,
@@ -19,8 +19,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
-from common import (  # first: puts the repository root on sys.path
+from benchmarks.common import (
     AMP_ACCURACY_DIFF,
     AMP_MEMORY_REDUCTION_PCT,
     AMP_SPEEDUP,
@@ -32,6 +31,7 @@ from common import (  # first: puts the repository root on sys.path
     format_percent,
     format_verdicts,
     is_preset,
+    make_parser,
     make_workload,
     setup_device,
     write_json,
@@ -39,23 +39,43 @@ from common import (  # first: puts the repository root on sys.path
 from utils.model_helpers import count_parameters, reset_peak_memory
 from utils.report import markdown_table
 from utils.training.amp_benchmark import test_amp_speedup_benchmark
+from utils.training.amp_utils import AMP_PRECISIONS
 
 TABLE_COLUMNS = [
-    "shape", "params (M)", "seq", "batch", "amp", "fp32 ms/step", "amp ms/step", "speedup",
-    "fp32 peak MB", "amp peak MB", "memory saved", "accuracy diff", "amp tokens/s", "amp MFU",
-]  # fmt: skip
+    "shape",
+    "params (M)",
+    "seq",
+    "batch",
+    "amp",
+    "fp32 ms/step",
+    "amp ms/step",
+    "speedup",
+    "fp32 peak MB",
+    "amp peak MB",
+    "memory saved",
+    "accuracy diff",
+    "amp tokens/s",
+    "amp MFU",
+]
 
 
 def run_shape(work: Workload, amp_precision: str, warmup: int, val_batches: int) -> dict[str, Any]:
     """One shape's AMP benchmark, made JSON-ready: the figure dropped, the summary as records."""
     model, config = build_model(work.shape, work.seed)
     parameters = count_parameters(model)["total"]
-    print(f"{work.shape.name}: {work.shape.describe()}, {parameters / 1e6:.3g}M parameters, "
-          f"batch {work.batch_size}", flush=True)  # fmt: skip
+    print(
+        f"{work.shape.name}: {work.shape.describe()}, {parameters / 1e6:.3g}M parameters, batch {work.batch_size}",
+        flush=True,
+    )
     report = test_amp_speedup_benchmark(
-        model, config, precision=amp_precision, timing_warmup_steps=warmup, allow_tf32=False,
-        max_val_batches=val_batches, **work.fine_tuning_kwargs(),
-    )  # fmt: skip
+        model,
+        config,
+        precision=amp_precision,
+        timing_warmup_steps=warmup,
+        allow_tf32=False,
+        max_val_batches=val_batches,
+        **work.training_kwargs(),
+    )
     report.pop("figure", None)
     if "summary" in report:
         report["summary"] = report["summary"].to_dict(orient="records")
@@ -103,12 +123,10 @@ def judge_targets(works: list[Workload], entries: list[dict[str, Any]]) -> list[
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser("benchmarks.amp_sweep", __doc__)
     add_common_options(parser, default_out="amp_sweep.json", default_steps=50, several_shapes=True)
-    parser.add_argument(
-        "--precision", default="auto", choices=["auto", "bf16", "fp16"],
-        help="the mixed-precision arm; 'auto': bf16 where native, fp16 on older GPUs, bf16 on CPU",
-    )  # fmt: skip
+    precision_help = "the mixed-precision arm; 'auto': bf16 where native, fp16 on older GPUs, bf16 on CPU"
+    parser.add_argument("--precision", default="auto", choices=("auto", *AMP_PRECISIONS), help=precision_help)
     parser.add_argument("--warmup", type=int, default=5, help="steps per arm left out of the timing")
     parser.add_argument("--val-batches", type=int, default=20, help="validation batches for the accuracy figure")
     return parser.parse_args(argv)
@@ -132,8 +150,13 @@ def main(argv: list[str] | None = None) -> None:
         for note in entry["report"].get("notes", []):
             print(f"note ({entry['shape']['name']}): {note}")
     print(format_verdicts(verdicts))
-    settings = {"amp_precision": amp_precision, "fp32_tf32": False, "timing_warmup_steps": args.warmup,
-                "val_batches": args.val_batches, "steps": args.steps}  # fmt: skip
+    settings = {
+        "amp_precision": amp_precision,
+        "fp32_tf32": False,
+        "timing_warmup_steps": args.warmup,
+        "val_batches": args.val_batches,
+        "steps": args.steps,
+    }
     write_json(args.out, "amp_sweep", device, {"settings": settings, "results": entries, "targets": verdicts})
 
 

@@ -5,9 +5,10 @@ same core options (``add_common_options``), prints markdown tables, checks its
 ``Target``s, and writes one JSON file holding ``environment_record()`` next to
 its results.
 
-Run the scripts from the repository root (``python benchmarks/amp_sweep.py``);
-importing this module puts the repository root on ``sys.path`` so that
-``utils`` imports without installing anything.
+Run the scripts as modules from the repository root, so that ``utils`` and
+``benchmarks`` import without installing anything::
+
+    python -m benchmarks.amp_sweep --threads 1
 """
 
 from __future__ import annotations
@@ -18,26 +19,22 @@ import datetime
 import json
 import math
 import operator
-import os
-import platform
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from utils import records
+from utils.model_helpers import resolve_device
+from utils.models import ModelConfig, TinyTransformer, tiny_gpt
+from utils.training.amp_benchmark import TARGET_MAX_ACCURACY_DIFF, TARGET_MEMORY_REDUCTION_PCT
+from utils.training.data import load_stdlib_corpus
+from utils.training.loop import TrainingSettings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-import torch  # noqa: E402
-
-from utils.model_helpers import device_name, resolve_device  # noqa: E402
-from utils.models import ModelConfig, TinyTransformer, tiny_gpt  # noqa: E402
-from utils.report import to_jsonable  # noqa: E402
-from utils.training.amp_benchmark import TARGET_MAX_ACCURACY_DIFF, TARGET_MEMORY_REDUCTION_PCT  # noqa: E402
-from utils.training.amp_utils import cpu_supports_bf16, tf32_settings  # noqa: E402
-from utils.training.data import load_stdlib_corpus  # noqa: E402
 
 # prepare_lm_data holds out this share of the built-in corpus for validation.
 VALIDATION_FRACTION = 0.1
@@ -79,16 +76,16 @@ class Shape:
 # small and medium sit between them and share GPT-2's vocabulary, so the LM
 # head weighs in as it does at full size. The built-in corpus is bytes, so
 # only ids 0..255 ever occur; the larger vocabulary changes compute, not data.
+# The first four fields are name, n_layers, d_model, n_heads.
 SHAPES: dict[str, Shape] = {
-    "tiny": Shape("tiny", n_layers=4, d_model=128, n_heads=4, seq_len=128, vocab_size=256,
-                  gpu_batch_size=64, cpu_batch_size=8),
-    "small": Shape("small", n_layers=6, d_model=384, n_heads=6, seq_len=256, vocab_size=50304,
-                   gpu_batch_size=32, cpu_batch_size=4),
-    "medium": Shape("medium", n_layers=8, d_model=512, n_heads=8, seq_len=512, vocab_size=50304,
-                    gpu_batch_size=16, cpu_batch_size=2),
-    "gpt2-small": Shape("gpt2-small", n_layers=12, d_model=768, n_heads=12, seq_len=1024, vocab_size=50304,
-                        gpu_batch_size=16, cpu_batch_size=1),
-}  # fmt: skip
+    shape.name: shape
+    for shape in (
+        Shape("tiny", 4, 128, 4, seq_len=128, vocab_size=256, gpu_batch_size=64, cpu_batch_size=8),
+        Shape("small", 6, 384, 6, seq_len=256, vocab_size=50304, gpu_batch_size=32, cpu_batch_size=4),
+        Shape("medium", 8, 512, 8, seq_len=512, vocab_size=50304, gpu_batch_size=16, cpu_batch_size=2),
+        Shape("gpt2-small", 12, 768, 12, seq_len=1024, vocab_size=50304, gpu_batch_size=16, cpu_batch_size=1),
+    )
+}
 
 # The shape-override options and the Shape field each one replaces.
 SHAPE_OVERRIDES = ("n_layers", "d_model", "n_heads", "seq_len", "vocab_size")
@@ -98,9 +95,12 @@ def build_model(shape: Shape, seed: int = 0) -> tuple[TinyTransformer, ModelConf
     """A ``tiny_gpt`` of this shape, with weights drawn from ``seed``."""
     torch.manual_seed(seed)
     return tiny_gpt(
-        vocab_size=shape.vocab_size, max_seq_len=shape.seq_len, d_model=shape.d_model,
-        n_layers=shape.n_layers, n_heads=shape.n_heads,
-    )  # fmt: skip
+        vocab_size=shape.vocab_size,
+        max_seq_len=shape.seq_len,
+        d_model=shape.d_model,
+        n_layers=shape.n_layers,
+        n_heads=shape.n_heads,
+    )
 
 
 def is_preset(shape: Shape, name: str) -> bool:
@@ -111,6 +111,13 @@ def is_preset(shape: Shape, name: str) -> bool:
 # -- command line ----------------------------------------------------------------
 
 
+def make_parser(module: str, description: str | None) -> argparse.ArgumentParser:
+    """A parser for ``python -m <module>``, with the script's docstring, as written, for its help."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def add_common_options(
     parser: argparse.ArgumentParser, *, default_out: str, default_steps: int, several_shapes: bool
 ) -> None:
@@ -119,11 +126,11 @@ def add_common_options(
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (fewer threads, less noise)")
     parser.add_argument("--out", type=Path, default=Path(default_out), help="JSON file to write")
     if several_shapes:
-        parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=None,
-                            help="model shapes (default: all on CUDA, tiny on CPU)")  # fmt: skip
+        shapes_help = "model shapes (default: all on CUDA, tiny on CPU)"
+        parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=None, help=shapes_help)
     else:
-        parser.add_argument("--shape", choices=list(SHAPES), default=None,
-                            help="model shape (default: gpt2-small on CUDA, tiny on CPU)")  # fmt: skip
+        shape_help = "model shape (default: gpt2-small on CUDA, tiny on CPU)"
+        parser.add_argument("--shape", choices=list(SHAPES), default=None, help=shape_help)
     parser.add_argument("--steps", type=int, default=default_steps, help="optimizer steps per run")
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: per shape)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -184,13 +191,30 @@ class Workload:
     def tokens_per_step(self) -> int:
         return self.batch_size * self.shape.seq_len
 
-    def fine_tuning_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``test_fine_tuning`` (and the AMP benchmark): one epoch, ``steps`` steps."""
-        return dict(
-            n_epochs=1, learning_rate=self.learning_rate, batch_size=self.batch_size, device=self.device,
-            max_steps=self.steps, seed=self.seed, seq_len=self.shape.seq_len,
-            max_corpus_bytes=self.corpus_bytes, progress=False,
-        )  # fmt: skip
+    def training_kwargs(self) -> dict[str, Any]:
+        """This workload as training keywords: one epoch of ``steps`` steps, no progress bar.
+
+        They are ``TrainingSettings`` fields and ``test_amp_speedup_benchmark`` keywords alike.
+        """
+        return {
+            "n_epochs": 1,
+            "learning_rate": self.learning_rate,
+            "batch_size": self.batch_size,
+            "device": self.device,
+            "max_steps": self.steps,
+            "seed": self.seed,
+            "seq_len": self.shape.seq_len,
+            "max_corpus_bytes": self.corpus_bytes,
+            "progress": False,
+        }
+
+    def settings(self, **changes: Any) -> TrainingSettings:
+        """The engine's ``TrainingSettings`` for this workload, with ``changes`` (other fields) on top.
+
+        Example:
+            >>> loop.train(model, config, work.settings(precision="bf16", max_val_batches=1))
+        """
+        return TrainingSettings(**{**self.training_kwargs(), **changes})
 
     def describe(self) -> dict[str, Any]:
         """The settings that shape the result, for the JSON."""
@@ -213,9 +237,14 @@ def make_workload(shape: Shape, args: argparse.Namespace, device: torch.device, 
     if batch_size < 1:
         raise SystemExit(f"--batch-size must be at least 1, got {batch_size}")
     return Workload(
-        shape=shape, batch_size=batch_size, steps=args.steps, learning_rate=args.learning_rate, seed=args.seed,
-        device=device, corpus_bytes=corpus_bytes_for(args.steps, batch_size, shape.seq_len),
-    )  # fmt: skip
+        shape=shape,
+        batch_size=batch_size,
+        steps=args.steps,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        device=device,
+        corpus_bytes=corpus_bytes_for(args.steps, batch_size, shape.seq_len),
+    )
 
 
 def corpus_bytes_for(steps: int, batch_size: int, seq_len: int) -> int:
@@ -239,50 +268,43 @@ def corpus_bytes_for(steps: int, batch_size: int, seq_len: int) -> int:
 
 
 def environment_record(device: torch.device) -> dict[str, Any]:
-    """What machine and software produced a result: written into every JSON."""
-    on_cuda = device.type == "cuda"
+    """What machine and software produced a result, written into every JSON.
+
+    The library's ``utils.records.environment_record`` (one spelling of every
+    key) plus what belongs to a benchmark run: when, at which commit, and the
+    command line. Its TF32 keys are the process-wide settings when the file is
+    written; an arm that sets its own (the AMP benchmark's FP32 arm) records
+    them in its report's settings.
+    """
     return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": str(device),
-        "device_name": device_name(device),
-        "gpu_count": torch.cuda.device_count() if on_cuda else 0,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if on_cuda else None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpu_threads": torch.get_num_threads(),
-        "cpu_native_bf16": cpu_supports_bf16(),
-        "tf32": tf32_flags(),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **records.environment_record(device),
         "git_commit": git_commit(),
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": command_line(),
     }
 
 
-def tf32_flags() -> dict[str, Any]:
-    """The process-wide TF32 settings (each arm of a benchmark may set its own; see its settings)."""
-    flags = tf32_settings()
-    return {
-        "matmul_allow_tf32": flags["matmul"],
-        "cudnn_allow_tf32": flags["cudnn"],
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-    }
+def command_line() -> list[str]:
+    """How this script was started: ``['-m', 'benchmarks.mfu', '--threads', '1']``, or the script name and options."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    launcher = ["-m", spec.name] if spec is not None else [Path(sys.argv[0]).name]
+    return [*launcher, *sys.argv[1:]]
 
 
 def git_commit() -> str | None:
     """The repository's HEAD commit, with '+dirty' for uncommitted changes; None outside a git checkout."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()  # fmt: skip
+        head = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")
 
 
-# -- memory ----------------------------------------------------------------------
+def _git(*args: str) -> str:
+    """The stripped output of ``git ARGS`` in the repository; raises when git fails or is missing."""
+    proc = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10)
+    return proc.stdout.strip()
 
 
 # -- targets ---------------------------------------------------------------------
@@ -308,8 +330,16 @@ class Target:
             met, note = None, "not measured on this device"
         else:
             met, note = bool(_COMPARISONS[self.comparison](value, self.threshold)), ""
-        return {"target": self.name, "comparison": self.comparison, "threshold": self.threshold,
-                "unit": self.unit, "scope": self.scope, "value": value, "met": met, "note": note}  # fmt: skip
+        return {
+            "target": self.name,
+            "comparison": self.comparison,
+            "threshold": self.threshold,
+            "unit": self.unit,
+            "scope": self.scope,
+            "value": value,
+            "met": met,
+            "note": note,
+        }
 
 
 LOOP_OVERHEAD_PCT = Target("test_fine_tuning loop overhead", "<=", 3.0, "%", "CPU and GPU")
@@ -351,5 +381,5 @@ def write_json(path: Path, benchmark: str, device: torch.device, payload: dict[s
     """Write ``payload`` with the benchmark's name and the environment record; make parent folders."""
     record = {"benchmark": benchmark, "environment": environment_record(device), **payload}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_jsonable(record), indent=2) + "\n")
+    path.write_text(json.dumps(records.to_jsonable(record), indent=2) + "\n")
     print(f"\nwrote {path}")

@@ -1,13 +1,14 @@
-"""Time per optimizer step: test_fine_tuning's loop against a bare autocast/GradScaler loop.
+"""Time per optimizer step: the training engine's loop against a bare autocast/GradScaler loop.
 
-Both loops run in this process on the same model shape, initial weights,
-data, batch order and precision. Each round runs both (alternating which goes
-first), drops the warm-up steps, and takes the median step time; the overhead
-is the median over rounds of (loop - bare) / bare. Target: at most 3%, on CPU
-and on GPU.
+The engine is ``utils.training.loop.train``, which ``test_fine_tuning`` wraps
+(the table still heads its column 'test_fine_tuning'). Both loops run in this
+process on the same model shape, initial weights, data, batch order and
+precision. Each round runs both (alternating which goes first), drops the
+warm-up steps, and takes the median step time; the overhead is the median
+over rounds of (loop - bare) / bare. Target: at most 3%, on CPU and on GPU.
 
-    python benchmarks/loop_overhead.py --threads 1                  # CPU: tiny shape
-    python benchmarks/loop_overhead.py --device cuda                # GPU: gpt2-small shape
+    python -m benchmarks.loop_overhead --threads 1                  # CPU: tiny shape
+    python -m benchmarks.loop_overhead --device cuda                # GPU: gpt2-small shape
 
 Prints a table and writes JSON (``--out``, default loop_overhead.json).
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from common import (  # first: puts the repository root on sys.path
+from benchmarks.common import (
     LOOP_OVERHEAD_PCT,
     Workload,
     add_common_options,
@@ -29,14 +30,15 @@ from common import (  # first: puts the repository root on sys.path
     chosen_shape,
     format_number,
     format_verdicts,
+    make_parser,
     make_workload,
     setup_device,
     write_json,
 )
-from utils import tier3_training_utilities as tier3
 from utils.model_helpers import extract_logits, make_forward_fn
 from utils.report import markdown_table
-from utils.training.amp_utils import resolve_precision
+from utils.training import loop
+from utils.training.amp_utils import PRECISIONS, resolve_precision
 from utils.training.data import make_loader, prepare_lm_data
 from utils.training.losses import next_token_loss_sums
 from utils.training.optim import build_lr_scheduler, build_optimizer
@@ -47,8 +49,9 @@ def bare_loop_step_times(model: torch.nn.Module, config: Any, work: Workload, pr
     """The minimal loop: autocast forward and loss, scaler backward, unscale, clip, step, update."""
     device = work.device
     plan = resolve_precision(precision, use_amp=precision == "auto", device=device)
-    data = prepare_lm_data(None, None, vocab_size=config.vocab_size, seq_len=work.shape.seq_len,
-                           max_corpus_bytes=work.corpus_bytes)  # fmt: skip
+    data = prepare_lm_data(
+        None, None, vocab_size=config.vocab_size, seq_len=work.shape.seq_len, max_corpus_bytes=work.corpus_bytes
+    )
     loader = make_loader(data.train, work.batch_size, shuffle=True, seed=work.seed, pad_token_id=0)
     model.to(device).train()
     forward = make_forward_fn(model)
@@ -84,12 +87,9 @@ def bare_loop_step_times(model: torch.nn.Module, config: Any, work: Workload, pr
 
 
 def library_loop_step_times(model: torch.nn.Module, config: Any, work: Workload, precision: str) -> list[float]:
-    """test_fine_tuning's per-step times on the same workload (one validation batch, untimed)."""
-    results = tier3.test_fine_tuning(
-        model, config, use_amp=precision == "auto", precision=precision, max_val_batches=1,
-        **work.fine_tuning_kwargs(),
-    )  # fmt: skip
-    return results["step_times_s"]
+    """The engine's per-step times on the same workload (one validation batch, untimed)."""
+    settings = work.settings(use_amp=precision == "auto", precision=precision, max_val_batches=1)
+    return loop.train(model, config, settings)["step_times_s"]
 
 
 def measure_rounds(work: Workload, precision: str, rounds: int, warmup: int) -> list[dict[str, Any]]:
@@ -105,10 +105,19 @@ def measure_rounds(work: Workload, precision: str, rounds: int, warmup: int) -> 
             model.load_state_dict(initial)
             medians_ms[name] = 1000 * statistics.median(run(model, config, work, precision)[warmup:])
         overhead_pct = 100 * (medians_ms["loop"] - medians_ms["bare"]) / medians_ms["bare"]
-        measured.append({"first": order[0][0], "bare_step_ms": medians_ms["bare"],
-                         "loop_step_ms": medians_ms["loop"], "overhead_pct": overhead_pct})  # fmt: skip
-        print(f"round {r}: bare {medians_ms['bare']:.2f} ms, loop {medians_ms['loop']:.2f} ms, "
-              f"overhead {overhead_pct:+.2f}%", flush=True)  # fmt: skip
+        measured.append(
+            {
+                "first": order[0][0],
+                "bare_step_ms": medians_ms["bare"],
+                "loop_step_ms": medians_ms["loop"],
+                "overhead_pct": overhead_pct,
+            }
+        )
+        print(
+            f"round {r}: bare {medians_ms['bare']:.2f} ms, loop {medians_ms['loop']:.2f} ms, "
+            f"overhead {overhead_pct:+.2f}%",
+            flush=True,
+        )
     return measured
 
 
@@ -124,10 +133,10 @@ def summarize(rounds: list[dict[str, Any]], precision_name: str) -> dict[str, An
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser("benchmarks.loop_overhead", __doc__)
     add_common_options(parser, default_out="loop_overhead.json", default_steps=60, several_shapes=False)
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                        help="'auto': bf16 or fp16 where the device has it, as use_amp=True")  # fmt: skip
+    precision_help = "'auto': bf16 or fp16 where the device has it, as use_amp=True"
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=precision_help)
     parser.add_argument("--warmup", type=int, default=10, help="steps per run left out of the median")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each loop; the overhead is their median")
     return parser.parse_args(argv)
@@ -146,11 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     result = summarize(measure_rounds(work, args.precision, args.rounds, args.warmup), plan.name)
     verdicts = [LOOP_OVERHEAD_PCT.judge(result["overhead_pct"], applies=True)]
     row = {
-        "shape": shape.name, "device": str(device), "precision": plan.name, "batch": work.batch_size,
+        "shape": shape.name,
+        "device": str(device),
+        "precision": plan.name,
+        "batch": work.batch_size,
         "bare loop (ms/step)": format_number(result["bare_step_ms"]),
         "test_fine_tuning (ms/step)": format_number(result["loop_step_ms"]),
         "overhead": format_number(result["overhead_pct"], "+.2f", "%"),
-    }  # fmt: skip
+    }
     print()
     print(markdown_table([row], list(row)))
     print(format_verdicts(verdicts))

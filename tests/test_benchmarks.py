@@ -1,14 +1,15 @@
 """The benchmark scripts: each runs end to end on CPU at a tiny size and writes the JSON it promises.
 
 ``benchmarks/`` holds scripts, not tests, so nothing here is timed: the smoke
-tests run each script as a subprocess (2 layers, 32 wide, sequences of 32, a
-few steps, one thread) and check its printed table and its JSON. The fast
-tests check the shared pieces in ``benchmarks/common.py``.
+tests run each script as ``python -m benchmarks.NAME`` in a subprocess from
+the repository root (2 layers, 32 wide, sequences of 32, a few steps, one
+thread) and check its printed table and its JSON. The fast tests check the
+shared pieces in ``benchmarks.common``.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import argparse
 import json
 import math
 import os
@@ -20,39 +21,33 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import common
 from utils.model_helpers import count_parameters
 from utils.models import tiny_gpt
+from utils.records import environment_record
+from utils.training.amp_utils import AMP_PRECISIONS, PRECISIONS
 from utils.training.data import make_loader, prepare_lm_data
+from utils.training.loop import TrainingSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_SIZES = dict(n_layers=2, d_model=32, n_heads=2, seq_len=32)
-TINY_ARGS = ["--device", "cpu", "--threads", "1", "--batch-size", "4", "--n-layers", "2", "--d-model", "32",
-             "--n-heads", "2", "--seq-len", "32"]  # fmt: skip
-ENVIRONMENT_KEYS = {
-    "date_utc", "device", "device_name", "torch", "cuda", "cpu_threads", "tf32", "git_commit", "command",
-}  # fmt: skip
+TINY_SIZES = {"n_layers": 2, "d_model": 32, "n_heads": 2, "seq_len": 32}
+TINY_ARGS = ["--device", "cpu", "--threads", "1", "--batch-size", "4"]
+TINY_ARGS += [f"--{name.replace('_', '-')}={size}" for name, size in TINY_SIZES.items()]
+# The library's environment record, plus what only a benchmark run has.
+BENCHMARK_ONLY_KEYS = {"date_utc", "git_commit", "command"}
 
 
-def load_common():
-    """benchmarks/common.py as a module (benchmarks/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("benchmarks_common", REPO_ROOT / "benchmarks" / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-common = load_common()
+def run_module(name: str, *args: str, timeout_s: float) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.<name> ARGS`` from the repository root, W&B offline and no display."""
+    env = {**os.environ, "MPLBACKEND": "Agg", "WANDB_MODE": "offline"}
+    command = [sys.executable, "-m", f"benchmarks.{name}", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
 
 
 def run_script(name: str, out: Path, *extra: str) -> tuple[dict, str]:
-    """Run ``benchmarks/<name>.py`` on CPU at the tiny size; return its JSON and its stdout."""
-    env = {**os.environ, "MPLBACKEND": "Agg", "WANDB_MODE": "offline"}
-    proc = subprocess.run(
-        [sys.executable, f"benchmarks/{name}.py", *TINY_ARGS, "--out", str(out), *extra],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, f"{name}.py failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    """Run ``benchmarks.<name>`` on CPU at the tiny size; return its JSON and its stdout."""
+    proc = run_module(name, *TINY_ARGS, "--out", str(out), *extra, timeout_s=300)
+    assert proc.returncode == 0, f"benchmarks.{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return json.loads(out.read_text()), proc.stdout
 
 
@@ -60,13 +55,13 @@ def assert_positive(value, what: str) -> None:
     assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{what} = {value!r}"
 
 
-def assert_cpu_environment(record: dict) -> None:
+def assert_cpu_environment(record: dict, module: str) -> None:
     env = record["environment"]
-    assert ENVIRONMENT_KEYS <= set(env), f"missing {ENVIRONMENT_KEYS - set(env)}"
+    assert set(env) == set(environment_record("cpu")) | BENCHMARK_ONLY_KEYS
     assert env["device"] == "cpu" and env["device_name"] == "cpu"
-    assert env["torch"] == torch.__version__
+    assert env["torch_version"] == torch.__version__
     assert env["cpu_threads"] == 1  # --threads 1 took effect
-    assert set(env["tf32"]) == {"matmul_allow_tf32", "cudnn_allow_tf32", "float32_matmul_precision"}
+    assert env["command"][:2] == ["-m", f"benchmarks.{module}"] and "--threads" in env["command"]
 
 
 def assert_shape_is_tiny(shape: dict) -> None:
@@ -79,11 +74,11 @@ def assert_shape_is_tiny(shape: dict) -> None:
 
 @pytest.mark.slow
 def test_loop_overhead_times_both_loops_and_judges_the_target(tmp_path):
-    record, stdout = run_script("loop_overhead", tmp_path / "out" / "loop.json",
-                                "--steps", "8", "--warmup", "2", "--rounds", "2")  # fmt: skip
+    out = tmp_path / "out" / "loop.json"
+    record, stdout = run_script("loop_overhead", out, "--steps", "8", "--warmup", "2", "--rounds", "2")
 
     assert record["benchmark"] == "loop_overhead"
-    assert_cpu_environment(record)
+    assert_cpu_environment(record, "loop_overhead")
     assert_shape_is_tiny(record["settings"]["shape"])
     result = record["result"]
     assert [r["first"] for r in result["rounds"]] == ["bare", "loop"]  # the order alternates
@@ -100,11 +95,11 @@ def test_loop_overhead_times_both_loops_and_judges_the_target(tmp_path):
 
 @pytest.mark.slow
 def test_amp_sweep_writes_one_full_report_per_shape(tmp_path):
-    record, stdout = run_script("amp_sweep", tmp_path / "amp.json", "--steps", "6", "--warmup", "2",
-                                "--val-batches", "2")  # fmt: skip
+    extra = ["--steps", "6", "--warmup", "2", "--val-batches", "2"]
+    record, stdout = run_script("amp_sweep", tmp_path / "amp.json", *extra)
 
     assert record["benchmark"] == "amp_sweep"
-    assert_cpu_environment(record)
+    assert_cpu_environment(record, "amp_sweep")
     assert record["settings"]["amp_precision"] == "bf16"  # CPU: FP32 against bf16 autocast
     assert record["settings"]["fp32_tf32"] is False
     (entry,) = record["results"]  # CPU default: the tiny shape only
@@ -133,22 +128,28 @@ def test_amp_sweep_writes_one_full_report_per_shape(tmp_path):
 @pytest.mark.slow
 def test_mfu_runs_eager_and_compiled_from_the_same_weights(tmp_path):
     # The 'eager' dynamo backend traces without code generation: the compile path in seconds, not minutes.
-    record, stdout = run_script("mfu", tmp_path / "mfu.json", "--steps", "6", "--compile", "both",
-                                "--compile-backend", "eager")  # fmt: skip
+    extra = ["--steps", "6", "--compile", "both", "--compile-backend", "eager"]
+    record, stdout = run_script("mfu", tmp_path / "mfu.json", *extra)
 
     assert record["benchmark"] == "mfu"
-    assert_cpu_environment(record)
+    assert_cpu_environment(record, "mfu")
     assert_shape_is_tiny(record["settings"]["shape"])
     eager, compiled = record["runs"]
     assert (eager["mode"], compiled["mode"]) == ("eager", "compiled")
     assert eager["compile_options"] is None and compiled["compile_options"] == {"backend": "eager"}
+    positive_keys = (
+        "step_time_ms_median",
+        "first_step_ms",
+        "tokens_per_second",
+        "achieved_tflops_per_device",
+        "flops_per_token",
+    )
     for run in (eager, compiled):
-        for key in ("step_time_ms_median", "first_step_ms", "tokens_per_second", "achieved_tflops_per_device",
-                    "flops_per_token"):  # fmt: skip
+        for key in positive_keys:
             assert_positive(run[key], f"{run['mode']} {key}")
         assert run["optimizer_steps"] == 6 and run["timed_steps"] == 6 - run["warmup_steps_excluded"]
-        assert run["achieved_tflops_per_device"] == pytest.approx(
-            run["tokens_per_second"] * run["flops_per_token"] / 1e12)  # fmt: skip
+        expected_tflops = run["tokens_per_second"] * run["flops_per_token"] / 1e12
+        assert run["achieved_tflops_per_device"] == pytest.approx(expected_tflops)
         assert run["mfu"] is None and run["peak_tflops_per_device"] is None and run["peak_memory_mb"] is None
         assert "cpu" in run["peak_note"]
     # Same weights, data and ops (the eager backend runs the traced graph as is): the same validation loss.
@@ -160,17 +161,14 @@ def test_mfu_runs_eager_and_compiled_from_the_same_weights(tmp_path):
 
 @pytest.mark.slow
 def test_a_script_refuses_a_bad_option_with_a_message(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/amp_sweep.py", *TINY_ARGS, "--steps", "2", "--warmup", "5",
-         "--out", str(tmp_path / "x.json")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    out = tmp_path / "x.json"
+    proc = run_module("amp_sweep", *TINY_ARGS, "--steps", "2", "--warmup", "5", "--out", str(out), timeout_s=120)
     assert proc.returncode != 0
     assert "--steps must be at least 6" in proc.stderr
-    assert not (tmp_path / "x.json").exists()
+    assert not out.exists()
 
 
-# -- benchmarks/common.py ----------------------------------------------------------
+# -- benchmarks.common -------------------------------------------------------------
 
 
 def test_gpt2_small_shape_has_gpt2_small_parameter_count():
@@ -185,7 +183,7 @@ def test_gpt2_small_shape_has_gpt2_small_parameter_count():
 def shape_args(**given):
     """The parsed shape options, as ``add_common_options`` leaves them, with ``given`` set."""
     defaults = {"shape": None, "shapes": None, **dict.fromkeys(common.SHAPE_OVERRIDES)}
-    return common.argparse.Namespace(**{**defaults, **given})
+    return argparse.Namespace(**{**defaults, **given})
 
 
 def test_default_shapes_depend_on_the_device():
@@ -229,3 +227,52 @@ def test_table_cells():
     assert common.format_number(1.234, ".1f", "x") == "1.2x"
     assert common.format_percent(0.4215) == "42.1%"
     assert common.format_percent(None) == "-"
+
+
+def workload(**changes) -> common.Workload:
+    """A tiny CPU workload, as ``make_workload`` builds it from the command line."""
+    fields = {
+        "shape": common.SHAPES["tiny"],
+        "batch_size": 4,
+        "steps": 5,
+        "learning_rate": 1e-3,
+        "seed": 3,
+        "device": torch.device("cpu"),
+        "corpus_bytes": 50_000,
+        **changes,
+    }
+    return common.Workload(**fields)
+
+
+def test_workload_settings_are_one_epoch_of_its_steps_for_the_engine():
+    settings = workload().settings(precision="bf16", max_val_batches=1)
+    assert isinstance(settings, TrainingSettings)
+    assert (settings.n_epochs, settings.max_steps, settings.batch_size, settings.seq_len) == (1, 5, 4, 128)
+    assert (settings.learning_rate, settings.seed, settings.max_corpus_bytes) == (1e-3, 3, 50_000)
+    assert (settings.precision, settings.max_val_batches, settings.progress) == ("bf16", 1, False)
+
+
+def test_workload_settings_are_validated_by_the_engine():
+    with pytest.raises(ValueError, match="precision"):
+        workload().settings(precision="fp8")
+
+
+def test_environment_record_is_the_librarys_plus_the_run():
+    record = common.environment_record(torch.device("cpu"))
+    library = environment_record("cpu")
+    assert set(record) == set(library) | BENCHMARK_ONLY_KEYS
+    for key in ("device", "torch_version", "python_version", "tf32_matmul", "float32_matmul_precision"):
+        assert record[key] == library[key], key
+    assert isinstance(record["command"], list)
+
+
+def test_precision_options_come_from_the_precision_table():
+    from benchmarks import amp_sweep, loop_overhead
+
+    for name in PRECISIONS:
+        assert loop_overhead.parse_args(["--precision", name]).precision == name
+    for name in ("auto", *AMP_PRECISIONS):
+        assert amp_sweep.parse_args(["--precision", name]).precision == name
+    for parse_args, refused in ((loop_overhead.parse_args, "fp8"), (amp_sweep.parse_args, "fp32")):
+        with pytest.raises(SystemExit):  # argparse names the choices on stderr
+            parse_args(["--precision", refused])

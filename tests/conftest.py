@@ -12,10 +12,9 @@ os.environ.pop("WANDB_API_KEY", None)
 
 import pytest
 import torch
+from tiny_models import TINY  # tests/ is on sys.path in pytest's prepend mode
 
 from utils import models
-
-from tiny_models import TINY  # noqa: E402  (tests/ is on sys.path in pytest's prepend mode)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -482,7 +482,10 @@ def _order(loader):
 
 def test_loader_order_depends_only_on_seed():
     dataset = ListDataset([torch.tensor([i, i]) for i in range(32)])
-    make = lambda seed: data.make_loader(dataset, 4, shuffle=True, seed=seed, pad_token_id=0)  # noqa: E731
+
+    def make(seed):
+        return data.make_loader(dataset, 4, shuffle=True, seed=seed, pad_token_id=0)
+
     assert _order(make(0)) == _order(make(0))
     assert sorted(_order(make(0))) == list(range(32))
     assert _order(make(0)) != _order(make(1))
@@ -506,9 +509,10 @@ def test_dataset_items_longer_than_seq_len_are_an_error_not_a_silent_cut():
 def test_ranks_together_see_what_one_process_sees_with_the_bigger_batch():
     """N ranks with batch B give, step by step, the rows one process gets with N * B (DDP equivalence)."""
     dataset = data.SequenceDataset([torch.full((3,), i) for i in range(12)])
-    make = lambda batch, rank, world: data.make_loader(  # noqa: E731
-        dataset, batch, shuffle=True, seed=5, pad_token_id=0, rank=rank, world_size=world
-    )
+
+    def make(batch, rank, world):
+        return data.make_loader(dataset, batch, shuffle=True, seed=5, pad_token_id=0, rank=rank, world_size=world)
+
     for epoch in (0, 1):
         single, ranks = make(4, 0, 1), [make(2, r, 2) for r in range(2)]
         for loader in (single, *ranks):

@@ -26,9 +26,7 @@ def test_matches_shifted_cross_entropy_sum_and_argmax_count():
     labels = torch.randint(0, V, (3, 6), generator=torch.Generator().manual_seed(2))
     loss_sum, n_correct = next_token_loss_sums(logits, labels)
 
-    expected = sum(
-        F.cross_entropy(logits[b, t], labels[b, t + 1], reduction="sum") for b in range(3) for t in range(5)
-    )
+    expected = sum(F.cross_entropy(logits[b, t], labels[b, t + 1], reduction="sum") for b in range(3) for t in range(5))
     torch.testing.assert_close(loss_sum, expected, rtol=1e-6, atol=1e-5)
     expected_correct = int((logits[:, :-1].argmax(-1) == labels[:, 1:]).sum())
     assert n_correct.item() == expected_correct

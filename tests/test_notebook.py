@@ -38,9 +38,11 @@ def test_template_notebook_executes_without_errors(kernel_name):
     client.execute()  # raises CellExecutionError on the first failing cell
     outputs = [
         out.get("text", "")
-        for cell in notebook.cells if cell.cell_type == "code"
-        for out in cell.get("outputs", []) if out.get("output_type") == "stream"
-    ]  # fmt: skip
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream"
+    ]
     text = "".join(outputs)
     assert "utils 3.3.0" in text
     assert "val accuracy" in text

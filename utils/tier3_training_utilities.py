@@ -25,7 +25,7 @@ import torch.nn as nn
 from utils.training import loop
 from utils.training.data import DEFAULT_CORPUS_BYTES
 
-# Re-exported: the seed API documents these names here.
+# Re-exported: the seed API documents these names here (and create_training_figure, below).
 from utils.training.loop import (
     CALLBACK_HOOKS,
     THROUGHPUT_WARMUP_STEPS,
@@ -34,6 +34,7 @@ from utils.training.loop import (
     TrainingState,
     seed_everything,
 )
+from utils.training.plots import create_training_figure
 
 __all__ = [
     "CALLBACK_HOOKS",
@@ -77,6 +78,9 @@ def test_fine_tuning(
     compile: bool | dict[str, Any] = False,
     checkpoint_dir: str | os.PathLike | None = None,
     resume_from: str | os.PathLike | None = None,
+    monitor: str = "val/loss",
+    mode: str = "min",
+    load_best: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` as a next-token language model and report how it learned.
 
@@ -120,6 +124,12 @@ def test_fine_tuning(
             leave them out.
         checkpoint_dir: write ``last.pt`` there at each epoch end (model,
             optimizer, schedule, scaler, histories and RNG states), atomically.
+        monitor: the epoch-row metric ('val/loss', 'val/accuracy', ...) that
+            picks the best epoch; with ``checkpoint_dir``, its weights are kept
+            in ``best.pt`` beside ``last.pt``, written atomically on each improvement.
+        mode: 'min' (lower is better) or 'max'.
+        load_best: load ``best.pt``'s weights into the model at the end
+            (needs ``checkpoint_dir``); ``results['best_loaded']`` says whether it did.
         resume_from: a checkpoint file (or its folder) to continue from, at
             the epoch after the one it saved; ``n_epochs`` counts from the
             start of the original run. With the same settings, the resumed run
@@ -136,7 +146,10 @@ def test_fine_tuning(
         A dict: ``loss_history``, ``grad_norm_history``, ``loss_scale_history``
         and ``lr_history`` (one entry per optimizer step), ``initial_loss`` and
         ``final_loss`` (mean train loss of the first and last logging windows),
-        ``val_loss``, ``val_accuracy``, ``best_epoch``, ``metrics_summary``
+        ``val_loss``, ``val_accuracy``, ``best_epoch`` and ``best_value`` (of
+        ``monitor``), ``best_checkpoint_path`` (None without ``checkpoint_dir``),
+        ``best_loaded``, ``stopped_early`` (a callback stopped it with steps
+        left), ``environment`` (the environment record), ``metrics_summary``
         (DataFrame, one row per epoch), ``step_history`` (DataFrame, one row per
         logging step), ``training_time_seconds`` (training steps only, no
         validation), ``step_times_s``, ``samples_per_second``,
@@ -178,6 +191,9 @@ def test_fine_tuning(
         use_wandb=use_wandb,
         wandb_project=wandb_project,
         progress=progress,
+        monitor=monitor,
+        mode=mode,
+        load_best=load_best,
     )
     results = loop.train(model, config, settings, train_data, val_data, callbacks=callbacks)
     results["figure"] = create_training_figure(results)
@@ -185,40 +201,3 @@ def test_fine_tuning(
 
 
 test_fine_tuning.__test__ = False  # a library function, not a pytest test
-
-
-# -- the figure ----------------------------------------------------------------
-
-
-def create_training_figure(results: dict[str, Any]) -> Any:
-    """Loss, gradient norm, learning rate and loss scale (or accuracy), as one Figure, from the results."""
-    from matplotlib.figure import Figure
-
-    epochs, steps = results["metrics_summary"], results["step_history"]
-    history = {key: results[f"{key}_history"] for key in ("loss", "grad_norm", "lr", "loss_scale")}
-
-    fig = Figure(figsize=(11, 7), layout="constrained")
-    ax_loss, ax_norm, ax_lr, ax_last = fig.subplots(2, 2).flat
-    step_axis = range(1, len(history["loss"]) + 1)
-    ax_loss.plot(step_axis, history["loss"], lw=0.8, alpha=0.6, label="train (per step)")
-    if len(steps):
-        ax_loss.plot(steps["train/step"], steps["train/loss"], lw=1.5, label="train (window mean)")
-    if len(epochs) and "val/loss" in epochs and len(steps):
-        epoch_ends = steps.groupby("epoch")["train/step"].max().reindex(epochs["epoch"]).to_numpy()
-        ax_loss.plot(epoch_ends, epochs["val/loss"], "o-", label="validation")
-    ax_loss.set(title="Loss", xlabel="optimizer step", ylabel="cross-entropy")
-    ax_loss.legend()
-    ax_norm.plot(step_axis, history["grad_norm"], lw=0.8)
-    ax_norm.set(title="Gradient norm (before clipping)", xlabel="optimizer step", yscale="log")
-    ax_lr.plot(step_axis, history["lr"], lw=1.2)
-    ax_lr.set(title="Learning rate", xlabel="optimizer step")
-    if history["loss_scale"]:
-        ax_last.plot(step_axis, history["loss_scale"], lw=1.2)
-        ax_last.set(title="fp16 loss scale", xlabel="optimizer step", yscale="log")
-    elif len(epochs) and "val/accuracy" in epochs:
-        ax_last.plot(epochs["epoch"], epochs["val/accuracy"], "o-", label="validation")
-        ax_last.plot(epochs["epoch"], epochs["train/accuracy"], "o-", label="train")
-        ax_last.set(title="Next-token accuracy", xlabel="epoch")
-        ax_last.legend()
-    fig.suptitle(f"test_fine_tuning — precision {results['precision']}")
-    return fig

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 CHECKPOINT_FILE = "last.pt"
+BEST_FILE = "best.pt"  # the best weights so far by the monitored metric, beside last.pt
 # 2: RNG states stored as tensors and lists (format 1 held numpy arrays, which only a full unpickler reads).
 FORMAT_VERSION = 2
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "optimizer_step", "history", "rng")
@@ -38,6 +39,36 @@ _SHOWN_KEYS = 5  # how many mismatched keys an error lists
 def checkpoint_path(checkpoint_dir: str | os.PathLike) -> Path:
     """Where ``test_fine_tuning(checkpoint_dir=...)`` writes its checkpoint."""
     return Path(checkpoint_dir) / CHECKPOINT_FILE
+
+
+def best_checkpoint_path(checkpoint_dir: str | os.PathLike) -> Path:
+    """Where the best weights so far are kept, beside ``last.pt``."""
+    return Path(checkpoint_dir) / BEST_FILE
+
+
+def save_best(
+    path: Path, weights: dict[str, torch.Tensor], *, epoch: int, monitor: str, mode: str, value: float
+) -> Path:
+    """Write the best weights so far, with the epoch and the monitored value, atomically."""
+    return save_checkpoint(
+        path, {"kind": "best", "model": weights, "epoch": epoch, "monitor": monitor, "mode": mode, "value": value}
+    )
+
+
+def load_best(path: str | os.PathLike, name: str = "best checkpoint") -> dict[str, Any]:
+    """Read a ``best.pt`` as plain data (``weights_only=True``), or explain what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: no best checkpoint at {path}")
+    try:
+        best = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise _refused(path, name, err) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise _damaged(path, name, err) from err
+    if not isinstance(best, dict) or best.get("kind") != "best" or not isinstance(best.get("model"), dict):
+        raise ValueError(f"{name}={str(path)!r} is not a best.pt written by this library")
+    return best
 
 
 def check_checkpoint_dir(checkpoint_dir: Any, name: str = "checkpoint_dir") -> Path | None:

@@ -40,6 +40,7 @@ import torch.nn as nn
 
 from utils.checks import (
     check_bool,
+    check_choice,
     check_int,
     check_non_negative_int,
     check_non_negative_number,
@@ -67,6 +68,7 @@ from utils.training.amp_utils import (
     tf32_enabled,
     validate_precision_args,
 )
+from utils.training.callbacks import MODES, is_improvement
 from utils.training.data import DEFAULT_CORPUS_BYTES, make_loader, prepare_lm_data
 from utils.training.distributed import (
     DistributedContext,
@@ -85,6 +87,8 @@ from utils.training.optim import build_lr_scheduler, build_optimizer
 from utils.training.timing import StepTimer
 
 CALLBACK_HOOKS = ("on_train_begin", "on_log", "on_epoch_end", "on_train_end")
+# The keys of an epoch row: any of them can be the monitored metric for best.pt and early stopping.
+EPOCH_ROW_KEYS = ("val/loss", "val/accuracy", "val/perplexity", "train/loss", "train/accuracy", "lr", "epoch")
 
 # Optimizer steps left out of the throughput and MFU figures: the first steps
 # pay for torch.compile, cuDNN/cuBLAS autotuning and the allocator's growth.
@@ -131,6 +135,9 @@ class TrainingSettings:
     wandb_project: str = "utils-transformer-tests"
     wandb_prefix: str = ""
     progress: bool = True
+    monitor: str = "val/loss"  # the epoch-row metric that picks best.pt
+    mode: str = "min"  # 'min': lower is better
+    load_best: bool = False  # load best.pt's weights into the model at the end
 
     def __post_init__(self) -> None:
         for name in ("n_epochs", "batch_size", "gradient_accumulation_steps", "log_every", "max_corpus_bytes"):
@@ -143,8 +150,10 @@ class TrainingSettings:
         check_positive_number(self.grad_clip, "grad_clip", allow_none=True)
         check_non_negative_number(self.weight_decay, "weight_decay")
         check_int(self.seed, "seed")
-        for name in ("use_wandb", "progress"):
+        for name in ("use_wandb", "progress", "load_best"):
             check_bool(getattr(self, name), name)
+        check_choice(self.monitor, "monitor", EPOCH_ROW_KEYS)
+        check_choice(self.mode, "mode", MODES)
         check_str(self.wandb_project, "wandb_project")
         if not isinstance(self.wandb_prefix, str):
             raise ValueError(f"wandb_prefix must be a string, got {self.wandb_prefix!r}")
@@ -152,6 +161,8 @@ class TrainingSettings:
         resolve_device(self.device)  # an unknown or unavailable device fails here, before any work
         _compile_options(self.compile)
         object.__setattr__(self, "checkpoint_dir", ckpt.check_checkpoint_dir(self.checkpoint_dir))
+        if self.load_best and self.checkpoint_dir is None:
+            raise ValueError("load_best=True needs checkpoint_dir=, the folder where best.pt is kept; pass one")
         if self.resume_from is not None and not isinstance(self.resume_from, (str, os.PathLike)):
             raise TypeError(f"resume_from must be a checkpoint file path, got {type(self.resume_from).__name__}")
 
@@ -202,6 +213,8 @@ class TrainingState:
     world_size: int = 1
     start_epoch: int = 0  # after the checkpoint's epoch when resuming
     samples_seen: int = 0
+    best_value: float | None = None  # of settings.monitor, over the epochs so far
+    best_epoch: int | None = None
 
 
 @dataclass
@@ -287,7 +300,9 @@ def train(
             _run_epoch(parts, state, records, outputs)
             if state.stop_training or state.optimizer_step >= parts.total_steps:
                 break
+        best_loaded = _load_best_weights(parts) if settings.load_best else False
         results = collect_results(parts, state, records, outputs)
+        results["best_loaded"] = best_loaded
         outputs.notify("on_train_end", state, results)
         finished = True
     finally:
@@ -305,9 +320,33 @@ def _run_epoch(parts: TrainingParts, state: TrainingState, records: StepRecords,
     row = outputs.tracker.log_epoch(
         state.epoch, train_metrics, val_metrics, learning_rate=current_lr(parts.optimizer), step=state.optimizer_step
     )
+    _update_best(parts, state, row)
     outputs.notify("on_epoch_end", state, row)
     if parts.settings.checkpoint_dir is not None:
         save_training_checkpoint(parts, state, records, outputs)
+
+
+def _update_best(parts: TrainingParts, state: TrainingState, row: dict[str, Any]) -> None:
+    """Track the best monitored value; with a checkpoint folder, rank 0 writes its weights to best.pt."""
+    s = parts.settings
+    if not is_improvement(row.get(s.monitor), state.best_value, s.mode):
+        return
+    state.best_value, state.best_epoch = float(row[s.monitor]), state.epoch
+    if s.checkpoint_dir is not None and parts.dist.is_main:
+        path = ckpt.best_checkpoint_path(s.checkpoint_dir)
+        ckpt.save_best(
+            path, parts.model.state_dict(), epoch=state.epoch, monitor=s.monitor, mode=s.mode, value=state.best_value
+        )
+
+
+def _load_best_weights(parts: TrainingParts) -> bool:
+    """Load best.pt into the model (every rank reads the file rank 0 wrote). False when there is none."""
+    barrier(parts.dist)
+    path = ckpt.best_checkpoint_path(parts.settings.checkpoint_dir)
+    if not path.is_file():
+        return False
+    parts.model.load_state_dict(ckpt.load_best(path)["model"])
+    return True
 
 
 # -- setup -------------------------------------------------------------------
@@ -474,8 +513,39 @@ def _restore_training_state(
     records.history = {key: list(values) for key, values in checkpoint["history"].items()}
     outputs.tracker.epoch_rows.extend(checkpoint["epoch_rows"])
     outputs.tracker.step_rows.extend(checkpoint["step_rows"])
+    state.best_value, state.best_epoch = checkpoint["best"]["value"], checkpoint["best"]["epoch"]
+    _restore_callback_states(outputs.callbacks, checkpoint["callbacks"])
     if parts.dist.is_main:
         ckpt.restore_rng_state(checkpoint["rng"])  # the other ranks keep their own dropout streams
+
+
+def _callback_keys(callbacks: list[Any]) -> list[str]:
+    """'EarlyStopping', 'EarlyStopping#2' ...: a stable name per callback that has state to save."""
+    seen: dict[str, int] = {}
+    keys = []
+    for cb in callbacks:
+        name = type(cb).__name__
+        seen[name] = seen.get(name, 0) + 1
+        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return keys
+
+
+def _callback_states(callbacks: list[Any]) -> dict[str, Any]:
+    return {
+        key: cb.state_dict()
+        for key, cb in zip(_callback_keys(callbacks), callbacks)
+        if callable(getattr(cb, "state_dict", None))
+    }
+
+
+def _restore_callback_states(callbacks: list[Any], saved: dict[str, Any]) -> None:
+    for key, cb in zip(_callback_keys(callbacks), callbacks):
+        if not callable(getattr(cb, "load_state_dict", None)):
+            continue
+        if key in saved:
+            cb.load_state_dict(saved[key])
+        else:
+            warnings.warn(f"the checkpoint holds no state for callback {key}; it starts afresh", stacklevel=6)
 
 
 def save_training_checkpoint(
@@ -496,6 +566,8 @@ def save_training_checkpoint(
             "epoch_rows": outputs.tracker.epoch_rows,
             "step_rows": outputs.tracker.step_rows,
             "rng": ckpt.capture_rng_state(),
+            "best": {"value": state.best_value, "epoch": state.best_epoch},
+            "callbacks": _callback_states(outputs.callbacks),
         }
         ckpt.save_checkpoint(ckpt.checkpoint_path(parts.settings.checkpoint_dir), checkpoint)
     barrier(parts.dist)
@@ -859,7 +931,11 @@ def collect_results(
         "final_loss": _mean(history["loss"][-window:]),
         "val_loss": last.get("val/loss"),
         "val_accuracy": last.get("val/accuracy"),
-        "best_epoch": tracker.get_best_epoch("val/loss", "min"),
+        "best_epoch": state.best_epoch,
+        "best_value": state.best_value,
+        "monitor": parts.settings.monitor,
+        "best_checkpoint_path": _existing_best_path(parts.settings),
+        "stopped_early": state.stop_training and state.optimizer_step < parts.total_steps,
         "metrics_summary": tracker.get_summary(),
         "step_history": tracker.get_step_history(),
         "training_time_seconds": train_time_s,
@@ -882,6 +958,13 @@ def collect_results(
         "data_source": parts.data_source,
         "environment": environment_record(parts.device, precision=parts.plan.name, compile=parts.settings.compile),
     }
+
+
+def _existing_best_path(settings: TrainingSettings) -> str | None:
+    if settings.checkpoint_dir is None:
+        return None
+    path = ckpt.best_checkpoint_path(settings.checkpoint_dir)
+    return str(path) if path.is_file() else None
 
 
 def _measure_throughput(

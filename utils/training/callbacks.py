@@ -1,0 +1,87 @@
+"""Callbacks on the engine's hooks: early stopping.
+
+A callback is any object with some of ``on_train_begin(state)``,
+``on_log(state, row)``, ``on_epoch_end(state, row)`` and
+``on_train_end(state, results)``. One with ``state_dict()`` and
+``load_state_dict(state)`` has its state saved in ``last.pt`` and restored on
+resume, so that (for example) early-stopping patience survives a restart.
+
+Example:
+    >>> stop = EarlyStopping(patience=3)
+    >>> test_fine_tuning(model, config, n_epochs=20, callbacks=[stop], checkpoint_dir="ckpt")
+    >>> stop.stopped_epoch
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from utils.checks import check_choice, check_non_negative_number, check_positive_int, check_str
+
+MODES = ("min", "max")
+
+
+def is_improvement(value: Any, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """True when ``value`` beats ``best`` by more than ``min_delta`` ('min': lower is better). NaN never does."""
+    if not isinstance(value, (int, float)) or math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+class EarlyStopping:
+    """Stop training when the monitored epoch metric stops improving.
+
+    **Patience counts epochs**: after ``patience`` epochs in a row without an
+    improvement of more than ``min_delta``, it sets ``state.stop_training``, and
+    training ends after that epoch (its checkpoint is still written). Its state
+    (best value, epochs waited) is saved in ``last.pt`` and restored on resume.
+
+    Args:
+        patience: epochs without improvement before stopping (at least 1).
+        min_delta: how much better than the best a value must be to count.
+        monitor: a key of the epoch row ('val/loss', 'val/accuracy', 'train/loss', ...).
+        mode: 'min' (lower is better) or 'max'.
+
+    Raises:
+        ValueError: on a bad argument; at the first epoch end, when the row has no ``monitor`` key.
+    """
+
+    def __init__(self, patience: int, min_delta: float = 0.0, monitor: str = "val/loss", mode: str = "min") -> None:
+        check_positive_int(patience, "patience")
+        check_non_negative_number(min_delta, "min_delta")
+        check_str(monitor, "monitor")
+        check_choice(mode, "mode", MODES)
+        self.patience, self.min_delta, self.monitor, self.mode = patience, float(min_delta), monitor, mode
+        self.best: float | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, state: Any, row: dict[str, Any]) -> None:
+        if self.monitor not in row:
+            raise ValueError(
+                f"EarlyStopping(monitor={self.monitor!r}): the epoch row has no such key; use one of {sorted(row)}"
+            )
+        value = row[self.monitor]
+        if is_improvement(value, self.best, self.mode, self.min_delta):
+            self.best, self.wait = float(value), 0
+        else:
+            self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = state.epoch
+            state.stop_training = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain numbers only: it goes into ``last.pt``, which is read with ``weights_only=True``."""
+        return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.wait, self.stopped_epoch = state["best"], state["wait"], state["stopped_epoch"]
+
+    def __repr__(self) -> str:
+        return (
+            f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta}, monitor={self.monitor!r}, "
+            f"mode={self.mode!r})"
+        )

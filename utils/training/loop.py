@@ -291,6 +291,13 @@ def train(
         resume = ckpt.load_for_resume(settings.resume_from, model, settings.n_epochs)
     parts = build_parts(model, config, train_data, val_data, settings, weights=resume["model"] if resume else None)
     state, records, outputs = _start_run(parts, callbacks, resume)
+    if state.optimizer_step >= parts.total_steps:
+        outputs.close()
+        raise ValueError(
+            f"resume_from={str(settings.resume_from)!r}: the run already took {state.optimizer_step} optimizer "
+            f"steps, all that n_epochs={settings.n_epochs} and max_steps={settings.max_steps} allow; raise them to "
+            "train on"
+        )
     owned_run = _start_wandb_run(parts, config) if outputs.tracker.use_wandb else None
     finished = False
     try:

@@ -1,0 +1,471 @@
+"""The training lifecycle: run folders, resume by name, best weights, early stopping, export and publishing.
+
+``TrainingCoordinator`` is a thin shell over the engine (``utils.training.loop``):
+it names each run, gives it a folder, and writes what a run leaves behind.
+It is not a second training loop; every step runs in ``loop.train``.
+
+A run folder ``output_dir/<run_name>/`` holds:
+
+- ``checkpoints/last.pt`` (each epoch end) and ``checkpoints/best.pt`` (each improvement);
+- ``metrics.csv`` (one row per epoch) and ``steps.csv`` (one row per logging step);
+- ``config.json``: the exact settings of the run, read back by ``resume_training``;
+- ``results.json`` and ``training_curves.png``.
+
+Example:
+    >>> coordinator = TrainingCoordinator(output_dir="runs")
+    >>> results = coordinator.train(model, config, run_name="baseline", n_epochs=10, early_stopping_patience=2)
+    >>> export = coordinator.export_state_dict(results)       # runs/baseline/export, with a parity check
+    >>> coordinator.resume_training("runs/baseline", model, config, n_epochs=20)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from utils.checks import check_bool, check_choice, check_non_negative_number, check_path, check_positive_int
+from utils.model_helpers import resolve_device, validate_model
+from utils.records import to_jsonable
+from utils.training import checkpoint as ckpt
+from utils.training import loop
+from utils.training.amp_utils import PRECISIONS
+from utils.training.callbacks import EarlyStopping
+from utils.training.data import DEFAULT_CORPUS_BYTES
+from utils.training.plots import create_training_figure
+
+CONFIG_FILE = "config.json"
+RUN_FORMAT_VERSION = 1
+# Settings that change nothing a resumed run computes, so they may differ when resuming.
+RESUME_MAY_CHANGE = ("n_epochs", "max_steps", "progress", "use_wandb", "wandb_project", "device", "load_best")
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# A short run on the built-in corpus, to check the wiring (about 30 steps of a tiny model: seconds on a CPU).
+QUICK_TRAIN = dict(
+    n_epochs=1, max_steps=30, batch_size=8, learning_rate=1e-3, max_corpus_bytes=40_000, max_val_batches=4
+)
+
+
+class TrainingCoordinator:
+    """Train, keep the best, stop early, resume by name, export and publish: one folder per run.
+
+    Args:
+        output_dir: where run folders are made (created at the first run).
+        precision: the default precision of its runs ('auto', 'fp32', 'fp16', 'bf16').
+        device: the default device ('auto', 'cpu', 'cuda', 'cuda:N').
+        use_wandb: log runs to W&B by default (offline without an API key).
+        wandb_project: the W&B project.
+        progress: show progress bars by default.
+
+    Raises:
+        ValueError: on a bad argument, naming it.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike = "./training_output",
+        precision: str = "auto",
+        device: str | torch.device | None = "auto",
+        use_wandb: bool = False,
+        *,
+        wandb_project: str = "utils-transformer-tests",
+        progress: bool = True,
+    ) -> None:
+        check_path(output_dir, "output_dir")
+        ckpt.check_checkpoint_dir(output_dir, name="output_dir")
+        check_choice(precision, "precision", PRECISIONS)
+        resolve_device(device)
+        check_bool(use_wandb, "use_wandb")
+        check_bool(progress, "progress")
+        self.output_dir = Path(output_dir)
+        self.defaults = dict(
+            precision=precision, device=device, use_wandb=use_wandb, wandb_project=wandb_project, progress=progress
+        )
+
+    def train(
+        self,
+        model: nn.Module,
+        config: Any,
+        train_data: Any = None,
+        val_data: Any = None,
+        *,
+        run_name: str | None = None,
+        n_epochs: int = 3,
+        learning_rate: float = 5e-5,
+        batch_size: int = 4,
+        gradient_accumulation_steps: int = 1,
+        use_amp: bool | None = None,
+        early_stopping_patience: int | None = None,
+        early_stopping_min_delta: float = 0.0,
+        monitor: str = "val/loss",
+        mode: str = "min",
+        load_best: bool = True,
+        resume: bool = False,
+        overwrite: bool = False,
+        precision: str | None = None,
+        device: str | torch.device | None = None,
+        use_wandb: bool | None = None,
+        max_steps: int | None = None,
+        seed: int = 0,
+        grad_clip: float | None = 1.0,
+        warmup_steps: int | None = None,
+        weight_decay: float = 0.01,
+        log_every: int = 10,
+        callbacks: Sequence[Any] = (),
+        seq_len: int | None = None,
+        max_val_batches: int | None = 50,
+        max_corpus_bytes: int = DEFAULT_CORPUS_BYTES,
+        init_loss_scale: float = 2.0**16,
+        wandb_project: str | None = None,
+        progress: bool | None = None,
+        compile: bool | dict[str, Any] = False,
+    ) -> dict[str, Any]:
+        """Train ``model`` in its own run folder; every keyword of ``test_fine_tuning`` works here too.
+
+        Beyond ``test_fine_tuning``'s keywords (``checkpoint_dir`` and
+        ``resume_from`` are the run folder's), it takes the lifecycle ones:
+
+        Args:
+            run_name: the run folder's name (letters, digits, '.', '_', '-');
+                default ``run-<date>-<time>``.
+            early_stopping_patience: stop after this many epochs without an
+                improvement of ``monitor`` by more than ``early_stopping_min_delta``
+                (patience counts epochs); None: no early stopping.
+            use_amp: None (default) trains in mixed precision (bf16, or fp16 on
+                older GPUs) when ``precision`` is 'auto'; False keeps FP32.
+            load_best: load ``best.pt``'s weights into the model at the end (default True).
+            resume: continue the run folder ``run_name`` from its ``last.pt``.
+            overwrite: replace an existing run folder of that name.
+            precision, device, use_wandb, wandb_project, progress: None takes the coordinator's.
+
+        Returns:
+            ``test_fine_tuning``'s results (figure included), plus ``run_dir``,
+            ``best_checkpoint_path``, ``best_value``, ``stopped_early``, ``model``
+            (the user's own model, not a wrapper) and ``config``.
+
+        Raises:
+            ValueError, TypeError: on a bad argument, an existing run folder
+                without ``resume``/``overwrite``, or ``resume`` with nothing to
+                resume: before any work, with nothing written.
+        """
+        options = {k: v for k, v in locals().items() if k not in ("self", "model", "config", "train_data", "val_data")}
+        lifecycle = _pop_lifecycle(options)
+        run_dir = self._run_dir(lifecycle["run_name"], lifecycle["resume"], lifecycle["overwrite"])
+        fields = {k: self.defaults[k] if k in self.defaults and v is None else v for k, v in options.items()}
+        if fields["use_amp"] is None:  # mixed precision by default, wherever precision is left to 'auto'
+            fields["use_amp"] = fields["precision"] == "auto"
+        fields.pop("callbacks")
+        return self._run(run_dir, model, config, train_data, val_data, fields, lifecycle, callbacks)
+
+    def quick_train(self, model: nn.Module, config: Any, **overrides: Any) -> dict[str, Any]:
+        """A short run on the built-in corpus, to check the wiring: about a minute at most on a laptop CPU.
+
+        Nothing is downloaded. ``overrides`` are ``train`` keywords (``run_name``, ``max_steps`` ...).
+        """
+        run_name = overrides.pop("run_name", None) or _default_run_name(self.output_dir, "quick")
+        return self.train(model, config, **{**QUICK_TRAIN, "run_name": run_name, **overrides})
+
+    def resume_training(
+        self,
+        run_dir_or_checkpoint: str | os.PathLike,
+        model: nn.Module,
+        config: Any,
+        n_epochs: int | None = None,
+        *,
+        max_steps: int | None = None,
+        train_data: Any = None,
+        val_data: Any = None,
+        callbacks: Sequence[Any] = (),
+    ) -> dict[str, Any]:
+        """Continue a run exactly where its ``last.pt`` left it, with the settings in its ``config.json``.
+
+        With the run's own ``n_epochs``, the result has the same losses and
+        weights as a run that never stopped (on one process); early-stopping
+        patience and the best value carry over. ``n_epochs`` (counted from the
+        run's start) or ``max_steps`` may be raised to train on; the learning-rate
+        schedule then stretches to the new length.
+
+        Raises:
+            FileNotFoundError, ValueError: not a run folder, no checkpoint, or a
+                run that trained on user data resumed without it.
+        """
+        run_dir = _find_run_dir(run_dir_or_checkpoint)
+        saved = read_run_config(run_dir)
+        if saved["data"]["train_data"] != "python-stdlib" and train_data is None:
+            raise ValueError(
+                f"run {run_dir.name!r} trained on your own data ({saved['data']['train_data']}); "
+                "pass the same train_data (and val_data) to resume it exactly"
+            )
+        fields = dict(saved["settings"])
+        fields.update({k: v for k, v in (("n_epochs", n_epochs), ("max_steps", max_steps)) if v is not None})
+        lifecycle = {**saved["lifecycle"], "run_name": run_dir.name, "resume": True, "overwrite": False}
+        return self._run(run_dir, model, config, train_data, val_data, fields, lifecycle, callbacks)
+
+    def export_state_dict(
+        self,
+        results_or_model: dict[str, Any] | nn.Module,
+        output_dir: str | os.PathLike | None = None,
+        *,
+        config: Any = None,
+        model_factory: Any = None,
+        overwrite: bool = False,
+    ) -> dict[str, Any]:
+        """Export the weights (safetensors), config, metadata and a model card, then check parity.
+
+        ``output_dir`` defaults to ``<run_dir>/export`` for a results dict from ``train``.
+        See ``utils.training.export.export_state_dict``.
+        """
+        from utils.training.export import export_state_dict
+
+        if output_dir is None:
+            if not isinstance(results_or_model, dict) or "run_dir" not in results_or_model:
+                raise ValueError("output_dir is needed unless you pass the results of TrainingCoordinator.train")
+            output_dir = Path(results_or_model["run_dir"]) / "export"
+        return export_state_dict(
+            results_or_model, output_dir, config=config, model_factory=model_factory, overwrite=overwrite
+        )
+
+    def publish_to_hub(self, export_dir: str | os.PathLike, repo_id: str, **options: Any) -> dict[str, Any]:
+        """Upload an export folder to the Hugging Face Hub; see ``utils.training.publish.publish_to_hub``."""
+        from utils.training.publish import publish_to_hub
+
+        return publish_to_hub(export_dir, repo_id, **options)
+
+    # -- the run folder ---------------------------------------------------------
+
+    def _run_dir(self, run_name: str | None, resume: bool, overwrite: bool) -> Path:
+        """The run folder for ``run_name``, checked against ``resume``/``overwrite`` before any work."""
+        check_bool(resume, "resume")
+        check_bool(overwrite, "overwrite")
+        if resume and overwrite:
+            raise ValueError("resume=True and overwrite=True contradict each other; pass one of them")
+        if run_name is None:
+            if resume:
+                raise ValueError("resume=True needs the run_name of the run to continue")
+            return self.output_dir / _default_run_name(self.output_dir, "run")
+        if not isinstance(run_name, str) or not _RUN_NAME.match(run_name) or run_name in (".", ".."):
+            raise ValueError(
+                f"run_name must be a folder name of letters, digits, '.', '_' and '-' (at most 128), got {run_name!r}"
+            )
+        run_dir = self.output_dir / run_name
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ValueError(f"run_name={run_name!r}: {run_dir} is a file; pick another run_name")
+        if run_dir.exists() and not (resume or overwrite):
+            raise ValueError(
+                f"run_name={run_name!r}: {run_dir} already exists; pass resume=True to continue it, "
+                "overwrite=True to replace it, or another run_name"
+            )
+        if resume and not ckpt.checkpoint_path(run_dir / "checkpoints").is_file():
+            raise ValueError(
+                f"resume=True, but {run_dir} holds no checkpoint to resume (checkpoints/{ckpt.CHECKPOINT_FILE}); "
+                "train it first, or drop resume=True"
+            )
+        return run_dir
+
+    def _run(
+        self,
+        run_dir: Path,
+        model: nn.Module,
+        config: Any,
+        train_data: Any,
+        val_data: Any,
+        fields: dict[str, Any],
+        lifecycle: dict[str, Any],
+        callbacks: Sequence[Any],
+    ) -> dict[str, Any]:
+        """Check everything, prepare the folder, train through the engine, and write what the run leaves."""
+        validate_model(model)
+        resume = lifecycle["resume"]
+        checkpoints = run_dir / "checkpoints"
+        settings = loop.TrainingSettings(
+            **fields, checkpoint_dir=checkpoints, resume_from=ckpt.checkpoint_path(checkpoints) if resume else None
+        )
+        if resume:
+            _check_resumable(run_dir, settings)
+        stopper = _early_stopping(lifecycle, settings)
+        all_callbacks = [*callbacks, *([stopper] if stopper else [])]
+        with _prepared_run_dir(run_dir, replace=lifecycle["overwrite"], keep=resume):
+            run_config = _run_config(run_dir, settings, lifecycle, model, config, train_data, val_data)
+            if not resume:
+                _write_json(run_dir / CONFIG_FILE, run_config)
+            results = loop.train(model, config, settings, train_data, val_data, callbacks=all_callbacks)
+        _write_json(run_dir / CONFIG_FILE, run_config)  # on resume, n_epochs may have grown
+        return _finish_run(run_dir, results, model, config)
+
+
+# -- helpers --------------------------------------------------------------------
+
+
+def train_model(model: nn.Module, config: Any, train_data: Any = None, **kwargs: Any) -> dict[str, Any]:
+    """A default coordinator's ``train``: ``TrainingCoordinator(output_dir=...).train(model, config, train_data, ...)``.
+
+    ``output_dir`` (and the coordinator's other arguments) may be passed here too.
+    """
+    coordinator_args = {k: kwargs.pop(k) for k in ("output_dir",) if k in kwargs}
+    return TrainingCoordinator(**coordinator_args).train(model, config, train_data, **kwargs)
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run folder's ``config.json``, checked."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it is damaged") from err
+    if not isinstance(saved, dict) or saved.get("format_version") != RUN_FORMAT_VERSION:
+        raise ValueError(f"{path} is not a run config of this library (format {RUN_FORMAT_VERSION})")
+    return saved
+
+
+def _pop_lifecycle(options: dict[str, Any]) -> dict[str, Any]:
+    """Take the lifecycle keywords out of ``options`` and check them (the rest are engine settings)."""
+    lifecycle = {k: options.pop(k) for k in ("run_name", "early_stopping_patience", "early_stopping_min_delta")}
+    lifecycle.update(resume=options.pop("resume"), overwrite=options.pop("overwrite"))
+    check_positive_int(lifecycle["early_stopping_patience"], "early_stopping_patience", allow_none=True)
+    check_non_negative_number(lifecycle["early_stopping_min_delta"], "early_stopping_min_delta")
+    return lifecycle
+
+
+def _default_run_name(output_dir: Path, prefix: str) -> str:
+    stamp = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = stamp, 2
+    while (output_dir / name).exists():
+        name, n = f"{stamp}-{n}", n + 1
+    return name
+
+
+def _find_run_dir(run_dir_or_checkpoint: Any) -> Path:
+    check_path(run_dir_or_checkpoint, "run_dir_or_checkpoint")
+    path = Path(run_dir_or_checkpoint)
+    if path.is_file() and path.parent.name == "checkpoints":  # .../<run>/checkpoints/last.pt
+        path = path.parent.parent
+    if not path.is_dir():
+        raise FileNotFoundError(f"run_dir_or_checkpoint={str(run_dir_or_checkpoint)!r}: no run folder there")
+    return path
+
+
+def _check_resumable(run_dir: Path, settings: loop.TrainingSettings) -> None:
+    """Resuming exactly needs the run's own settings: refuse ones that would change what it computes."""
+    saved = read_run_config(run_dir)["settings"]
+    now = _settings_record(settings)
+    changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k])
+    if changed:
+        detail = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+        raise ValueError(
+            f"resume=True with settings that differ from run {run_dir.name!r} ({detail}); it would not continue "
+            "exactly. Use resume_training(run_dir, ...), which reads them from config.json, or start a new run_name"
+        )
+
+
+def _early_stopping(lifecycle: dict[str, Any], settings: loop.TrainingSettings) -> EarlyStopping | None:
+    patience = lifecycle["early_stopping_patience"]
+    if patience is None:
+        return None
+    return EarlyStopping(patience, lifecycle["early_stopping_min_delta"], monitor=settings.monitor, mode=settings.mode)
+
+
+class _prepared_run_dir:
+    """Make the run folder (replacing an old one safely); undo it if training fails before any checkpoint.
+
+    With ``replace``, the old folder is renamed aside first, deleted once the new
+    run has a checkpoint, and put back if the new run fails before writing one.
+    """
+
+    def __init__(self, run_dir: Path, *, replace: bool, keep: bool) -> None:
+        self.run_dir, self.replace, self.keep = run_dir, replace, keep
+        self.aside: Path | None = None
+
+    def __enter__(self) -> Path:
+        if self.replace and self.run_dir.exists():
+            self.aside = self.run_dir.with_name(f".{self.run_dir.name}.replaced-{os.getpid()}-{time.time_ns()}")
+            self.run_dir.rename(self.aside)
+        self.run_dir.mkdir(parents=True, exist_ok=self.keep)
+        return self.run_dir
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        checkpointed = ckpt.checkpoint_path(self.run_dir / "checkpoints").is_file()
+        if exc_type is not None and not self.keep and not checkpointed:
+            shutil.rmtree(self.run_dir, ignore_errors=True)  # nothing worth keeping: leave no half-made run
+            if self.aside is not None:
+                self.aside.rename(self.run_dir)
+                self.aside = None
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+
+
+def _settings_record(settings: loop.TrainingSettings) -> dict[str, Any]:
+    """The engine settings as JSON, without the run folder's own paths (they follow the folder)."""
+    record = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    for name in ("checkpoint_dir", "resume_from", "wandb_prefix"):
+        record.pop(name)
+    record["device"] = str(record["device"]) if record["device"] is not None else None
+    return to_jsonable(record)
+
+
+def _run_config(
+    run_dir: Path,
+    settings: loop.TrainingSettings,
+    lifecycle: dict[str, Any],
+    model: nn.Module,
+    config: Any,
+    train_data: Any,
+    val_data: Any,
+) -> dict[str, Any]:
+    from utils import __version__
+
+    return {
+        "format_version": RUN_FORMAT_VERSION,
+        "utils_version": __version__,
+        "run_name": run_dir.name,
+        "settings": _settings_record(settings),
+        "lifecycle": {k: lifecycle[k] for k in ("early_stopping_patience", "early_stopping_min_delta")},
+        "data": {"train_data": _describe_data(train_data), "val_data": _describe_data(val_data)},
+        "model": {"class": f"{type(model).__module__}.{type(model).__qualname__}", "config": _config_record(config)},
+    }
+
+
+def _describe_data(data: Any) -> str | None:
+    if data is None:
+        return "python-stdlib"
+    if isinstance(data, (str, os.PathLike)) and len(str(data)) < 4096 and "\n" not in str(data):
+        return f"file {data}"
+    size = f" of {len(data)}" if hasattr(data, "__len__") else ""
+    return f"user {type(data).__name__}{size}"
+
+
+def _config_record(config: Any) -> Any:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return to_jsonable(dataclasses.asdict(config))
+    if callable(getattr(config, "to_dict", None)):
+        return to_jsonable(config.to_dict())
+    if isinstance(config, dict):
+        return to_jsonable(config)
+    return to_jsonable(vars(config)) if hasattr(config, "__dict__") else to_jsonable(config)
+
+
+def _finish_run(run_dir: Path, results: dict[str, Any], model: nn.Module, config: Any) -> dict[str, Any]:
+    """Write the run's tables, results and figure; return the results with the run's paths and the model."""
+    figure = create_training_figure(results)
+    results["metrics_summary"].to_csv(run_dir / "metrics.csv", index=False)
+    results["step_history"].to_csv(run_dir / "steps.csv", index=False)
+    figure.savefig(run_dir / "training_curves.png", dpi=110)
+    plain = {k: v for k, v in results.items() if k not in ("metrics_summary", "step_history")}
+    _write_json(run_dir / "results.json", {"run_dir": str(run_dir), **plain})
+    return {**results, "figure": figure, "run_dir": str(run_dir), "model": model, "config": config}
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically: a crash never leaves a torn file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(to_jsonable(value), indent=2) + "\n")
+    os.replace(partial, path)

@@ -218,3 +218,10 @@ def test_rng_state_round_trip(tmp_path):
     ckpt.restore_rng_state(state)
     got = (random.random(), random.gauss(0, 1), np.random.rand(), np.random.standard_normal(), torch.rand(()).item())
     assert got == expected
+
+
+def test_resuming_a_run_that_used_every_step_max_steps_allows_says_to_raise_it(tmp_path):
+    model, config = _model()
+    tier3.test_fine_tuning(model, config, n_epochs=2, max_steps=2, checkpoint_dir=tmp_path, **RUN)
+    with pytest.raises(ValueError, match=r"already took 2 optimizer steps, all that n_epochs=2 and max_steps=2 allow"):
+        tier3.test_fine_tuning(model, config, n_epochs=2, max_steps=2, resume_from=tmp_path, **RUN)

@@ -279,25 +279,9 @@ def train(
             window was skipped with the loss scale below 1; the last good checkpoint is kept.
     """
     validate_model(model)
-    if not isinstance(settings, TrainingSettings):
-        raise TypeError(f"settings must be a TrainingSettings, got {type(settings).__name__}")
-    _validate_callbacks(callbacks)
-    if settings.use_wandb:
-        from utils.wandb_helpers import import_wandb
-
-        import_wandb()  # without wandb installed: the install hint, before any work
-    resume = None
-    if settings.resume_from is not None:  # read safely and checked against the model, before any work
-        resume = ckpt.load_for_resume(settings.resume_from, model, settings.n_epochs)
+    resume = _check_before_work(model, settings, callbacks)
     parts = build_parts(model, config, train_data, val_data, settings, weights=resume["model"] if resume else None)
     state, records, outputs = _start_run(parts, callbacks, resume)
-    if state.optimizer_step >= parts.total_steps:
-        outputs.close()
-        raise ValueError(
-            f"resume_from={str(settings.resume_from)!r}: the run already took {state.optimizer_step} optimizer "
-            f"steps, all that n_epochs={settings.n_epochs} and max_steps={settings.max_steps} allow; raise them to "
-            "train on"
-        )
     owned_run = _start_wandb_run(parts, config) if outputs.tracker.use_wandb else None
     finished = False
     try:
@@ -318,6 +302,24 @@ def train(
         if owned_run is not None:
             owned_run.finish(exit_code=0 if finished else 1)
     return results
+
+
+def _check_before_work(model: nn.Module, settings: TrainingSettings, callbacks: Sequence[Any]) -> dict[str, Any] | None:
+    """What can be checked before setup: the settings' type, the callbacks, wandb, and the resume checkpoint.
+
+    Returns:
+        The checkpoint to resume from (read safely and checked against the model), or None.
+    """
+    if not isinstance(settings, TrainingSettings):
+        raise TypeError(f"settings must be a TrainingSettings, got {type(settings).__name__}")
+    _validate_callbacks(callbacks)
+    if settings.use_wandb:
+        from utils.wandb_helpers import import_wandb
+
+        import_wandb()  # without wandb installed: the install hint, before any work
+    if settings.resume_from is None:
+        return None
+    return ckpt.load_for_resume(settings.resume_from, model, settings.n_epochs)
 
 
 def _run_epoch(parts: TrainingParts, state: TrainingState, records: StepRecords, outputs: TrainingOutputs) -> None:
@@ -494,6 +496,12 @@ def _start_run(
     outputs = TrainingOutputs(tracker=tracker, timer=StepTimer(parts.device), callbacks=list(callbacks))
     if resume is not None:
         _restore_training_state(parts, state, records, outputs, resume)
+        if state.optimizer_step >= parts.total_steps:
+            raise ValueError(
+                f"resume_from={str(parts.settings.resume_from)!r}: the run already took {state.optimizer_step} "
+                f"optimizer steps, all that n_epochs={parts.settings.n_epochs} and max_steps="
+                f"{parts.settings.max_steps} allow; raise them to train on"
+            )
     outputs.pbar = _make_progress_bar(parts, state.optimizer_step)
     return state, records, outputs
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from utils import records, report
+from utils import folders, records, report
 
 
 def _figure() -> Figure:
@@ -124,7 +124,7 @@ def test_unwritable_place_is_refused_before_any_work(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     # Patched, not chmod-ed: root ignores permission bits, so a chmod test would pass for the wrong reason.
-    monkeypatch.setattr(report.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(folders.tempfile, "mkdtemp", refuse)
     with pytest.raises(ValueError, match=r"--out .*cannot write in .*Permission denied"):
         report.check_report_folder(tmp_path / "rep", overwrite=False)
     assert list(tmp_path.iterdir()) == []
@@ -143,7 +143,7 @@ def _kill(*args, **kwargs) -> None:
 
 def _kill_before_the_swap() -> None:
     """The staging folder is complete; nothing has moved yet."""
-    report._swap_into_place = _kill
+    folders.swap_into_place = _kill
 
 
 def _kill_between_the_renames() -> None:
@@ -161,7 +161,7 @@ def _kill_between_the_renames() -> None:
 
 
 def _kill_before_deleting_the_old_report() -> None:
-    report.shutil.rmtree = _kill
+    folders.shutil.rmtree = _kill
 
 
 def _kill_while_deleting_the_old_report() -> None:
@@ -169,7 +169,7 @@ def _kill_while_deleting_the_old_report() -> None:
         os.remove(next(Path(path).iterdir()))
         _kill()
 
-    report.shutil.rmtree = delete_one_file_then_kill
+    folders.shutil.rmtree = delete_one_file_then_kill
 
 
 def _write_killed(out: Path, kill_point: Callable[[], None]) -> None:
@@ -252,7 +252,7 @@ def test_ctrl_c_while_deleting_the_old_report_keeps_the_new_one(tmp_path, monkey
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report.shutil, "rmtree", interrupt)
+    monkeypatch.setattr(folders.shutil, "rmtree", interrupt)
     with pytest.raises(KeyboardInterrupt):
         _write(out, "new", overwrite=True)
     monkeypatch.undo()

@@ -1,0 +1,512 @@
+"""Export a trained model as a folder anyone can load: safetensors weights, config, metadata and a model card.
+
+The folder holds:
+
+- ``model.safetensors``: the weights, written by ``safetensors.torch.save_model``
+  (tensors only, never pickled code; tied weights such as a shared embedding and
+  LM head are stored once and re-tied on load);
+- ``config.json``: the model's configuration;
+- ``metadata.json``: versions, parameter count, precision, final metrics, the
+  environment record and the result of the reload check;
+- ``README.md``: a model card with the metrics and how to load the weights.
+
+It is written atomically through ``utils.folders`` (complete or absent, an
+earlier export replaced only with ``overwrite=True``). Before the folder is
+swapped into place the export is reloaded, with ``strict=True``, into a freshly
+built model whose logits are compared with the original's: an export that does
+not reload exactly is reported as ``status='fail'``, never as fine.
+
+Example:
+    >>> result = export_state_dict(model, "exports/run-1", config=config)
+    >>> result["parity"]["status"]
+    'ok'
+    >>> load_exported_weights(TinyTransformer(config), "exports/run-1")
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from utils import __version__
+from utils.checks import check_bool, check_path, is_number
+from utils.folders import check_target_folder, staged_folder
+from utils.model_helpers import (
+    config_size,
+    count_parameters,
+    detect_vocab_size,
+    extract_logits,
+    make_forward_fn,
+    model_device,
+    model_mode,
+    random_input_ids,
+    validate_model,
+)
+from utils.records import environment_record, to_jsonable
+
+FORMAT_VERSION = 1  # of metadata.json and the folder layout
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METADATA_FILE = "metadata.json"
+CARD_FILE = "README.md"
+# Every export has these; overwrite=True replaces only a folder that holds them, never any other folder.
+_EXPORT_FILES = (WEIGHTS_FILE, METADATA_FILE)
+
+# The reload check's tolerance on logits, by their dtype. Same weights, code and device give equal
+# logits in practice; the slack only absorbs a kernel's nondeterministic reduction order.
+PARITY_ATOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1e-2, torch.float16: 1e-3}
+_PROBE_SHAPE = (2, 8)  # (batch, tokens); tokens are cut to the config's max_seq_len
+
+
+def export_state_dict(
+    results_or_model: nn.Module | Mapping[str, Any],
+    output_dir: str | Path,
+    *,
+    config: Any = None,
+    model_factory: Callable[[], nn.Module] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``output_dir`` with the model's weights, config, metadata and model card, then check it reloads.
+
+    Args:
+        results_or_model: the trained model, or a results dict holding it under ``"model"`` (and
+            optionally ``"config"``, ``"precision"``, ``"environment"`` and scalar metrics such
+            as ``val_loss``), as the training coordinator returns.
+        output_dir: the export folder; missing parents are made.
+        config: the model's config (dataclass, dict, SimpleNamespace or Hugging Face config);
+            default ``results["config"]``, else ``model.config``. One of them is required.
+        model_factory: builds a new model of the same architecture for the reload check;
+            default ``type(model)(config)``, else a NaN-filled copy of the model.
+        overwrite: replace an earlier export at ``output_dir``.
+
+    Returns:
+        ``{'export_dir': Path, 'files': [names], 'parity': {...}, 'metadata': {...}}``; ``parity``
+        is ``{'status': 'ok'|'fail', 'max_abs_diff', 'atol', 'built_from': 'factory'|'config'|'copy',
+        'reason'}``. A failed reload check is reported there, not raised; the folder is still written.
+
+    Raises:
+        TypeError, ValueError: bad arguments, named, before anything is written.
+        RuntimeError: ``model_factory()`` itself failed.
+        ImportError: safetensors is not installed.
+    """
+    model, results = _unpack(results_or_model)
+    config = _resolve_config(config, results, model)
+    config_json = config_to_dict(config)
+    _check_factory(model_factory)
+    check_path(output_dir, "output_dir")
+    check_bool(overwrite, "overwrite")
+    out = Path(output_dir)
+    check_target_folder(
+        out,
+        overwrite=overwrite,
+        flag="output_dir",
+        overwrite_flag="overwrite=True",
+        kind="export",
+        marker_files=_EXPORT_FILES,
+    )
+    safetensors = import_safetensors()
+    fresh, built_from, note = _fresh_model(model, config, model_factory)
+    with staged_folder(out) as staging:
+        # "format": "pt" is the header entry Hugging Face loaders look for.
+        safetensors.torch.save_model(model, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        _write_json(staging / CONFIG_FILE, config_json)
+        parity = _check_reload(model, fresh, staging / WEIGHTS_FILE, config, built_from=built_from, note=note)
+        metadata = _metadata(model, results, config, parity)
+        _write_json(staging / METADATA_FILE, metadata)
+        (staging / CARD_FILE).write_text(_model_card(model, config, metadata))
+        files = sorted(p.name for p in staging.iterdir())
+    return {"export_dir": out.resolve(), "files": files, "parity": parity, "metadata": metadata}
+
+
+def load_exported_weights(model: nn.Module, export_dir: str | Path) -> nn.Module:
+    """Load an export's ``model.safetensors`` into ``model`` with ``strict=True``, on the model's device.
+
+    Example:
+        >>> model = load_exported_weights(TinyTransformer(config), "exports/run-1")
+
+    Args:
+        model: a model built like the exported one (see the export's README.md).
+        export_dir: the folder ``export_state_dict`` wrote, or its ``model.safetensors`` file.
+
+    Returns:
+        ``model``, holding the exported weights.
+
+    Raises:
+        TypeError, ValueError: ``model`` is not a module or ``export_dir`` not a path.
+        FileNotFoundError: no ``model.safetensors`` there.
+        ValueError: the file is not safetensors, or its weights do not fit ``model`` exactly.
+    """
+    validate_model(model)
+    check_path(export_dir, "export_dir")
+    path = Path(export_dir)
+    weights = path / WEIGHTS_FILE if path.is_dir() else path
+    if not weights.is_file():
+        raise FileNotFoundError(f"export_dir {path}: no {WEIGHTS_FILE} there; pass the folder export_state_dict wrote")
+    safetensors = import_safetensors()
+    try:
+        safetensors.torch.load_model(model, weights, strict=True, device=str(model_device(model)))
+    except safetensors.SafetensorError as err:
+        raise ValueError(f"export_dir {path}: {weights} is not a readable safetensors file ({err})") from err
+    except RuntimeError as err:  # missing, unexpected or mis-shaped weights
+        raise ValueError(
+            f"export_dir {path}: the weights do not fit this {type(model).__name__} exactly; build the model "
+            f"from the export's {CONFIG_FILE} as its {CARD_FILE} shows ({_describe(err)})"
+        ) from err
+    return model
+
+
+def import_safetensors() -> types.ModuleType:
+    """The ``safetensors`` package with its ``torch`` module loaded, or an ImportError that says how to install it."""
+    try:
+        import safetensors.torch
+    except ImportError as err:
+        raise ImportError(
+            "exporting and loading weights needs the 'safetensors' package; install it with `pip install safetensors`"
+        ) from err
+    return safetensors
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config as plain JSON data: a Hugging Face config (``to_dict()``), a dataclass, a dict or a SimpleNamespace.
+
+    Raises:
+        TypeError: naming ``config``, for any other type.
+    """
+    if callable(getattr(config, "to_dict", None)) and not isinstance(config, Mapping):
+        data = config.to_dict()  # before the dataclass test: Hugging Face configs are dataclasses too
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+        data = dataclasses.asdict(config)
+    elif isinstance(config, Mapping):
+        data = dict(config)
+    elif isinstance(config, types.SimpleNamespace):
+        data = vars(config)
+    else:
+        raise TypeError(
+            f"config must be a dataclass, dict, SimpleNamespace or Hugging Face config (with to_dict()), "
+            f"got {type(config).__name__}; pass the config the model was built from"
+        )
+    return to_jsonable(data)
+
+
+def _check_reload(
+    model: nn.Module, fresh: nn.Module | None, weights: Path, config: Any, *, built_from: str, note: str
+) -> dict[str, Any]:
+    """Load ``weights`` into ``fresh`` with ``strict=True`` and compare its logits with ``model``'s.
+
+    Both run on ``model``'s device, in eval mode, without gradients, on a probe batch of
+    random token ids, and are left in the mode they were found in.
+
+    Args:
+        model: the exported model.
+        fresh: a newly built model of the same architecture (None when none could be built).
+        weights: the exported safetensors file.
+        config: the model's config, for the vocabulary size and the maximum length.
+        built_from: how ``fresh`` was built ('factory', 'config' or 'copy').
+        note: ``fresh`` in words, for the reason.
+
+    Returns:
+        ``{'status', 'max_abs_diff', 'atol', 'built_from', 'reason'}``; any failure is
+        ``status='fail'`` with the reason, never an exception.
+    """
+    result = {"status": "fail", "max_abs_diff": None, "atol": None, "built_from": built_from, "reason": note}
+    if fresh is None:
+        return result
+    device = model_device(model)
+    try:
+        import_safetensors().torch.load_model(fresh.to(device), weights, strict=True, device=str(device))
+    except Exception as err:  # a missing, unexpected or mis-shaped weight: the export does not reload
+        return {**result, "reason": f"loading the export into {note} with strict=True failed: {_describe(err)}"}
+    try:
+        input_ids = _probe_ids(model, config, device)
+        expected, actual = _logits(model, input_ids), _logits(fresh, input_ids)
+    except Exception as err:  # the model cannot run on a probe batch, so the reload cannot be confirmed
+        return {**result, "reason": f"running {note} and the original on a probe batch failed: {_describe(err)}"}
+    return {**result, **_compare_logits(expected, actual, note, tuple(input_ids.shape))}
+
+
+def _model_card(model: nn.Module, config: Any, metadata: Mapping[str, Any]) -> str:
+    """The export's README.md: what it is, the reload check, the metrics and how to load it."""
+    parity = metadata["parity"]
+    reason = parity["reason"][:1].upper() + parity["reason"][1:]
+    if parity["status"] == "ok":
+        check = f"Reload check: **ok**. {reason}."
+    else:
+        check = f"> **Warning: the reload check failed.** {reason}. Do not use these weights until you know why."
+    lines = [
+        f"# {type(model).__name__}",
+        "",
+        f"Exported by `utils` {metadata['utils_version']} with torch {metadata['torch_version']} and "
+        f"safetensors {metadata['safetensors_version']}: {metadata['parameter_count']:,} parameters, "
+        f"precision {metadata['precision'] or 'not recorded'}.",
+        "",
+        check,
+        "",
+        "## Metrics",
+        "",
+        *_metrics_table(metadata["metrics"]),
+        "",
+        "## Load the weights",
+        "",
+        "```python",
+        *_load_snippet(
+            model, config, rebuild_from_config=parity["built_from"] == "config" and parity["status"] == "ok"
+        ),
+        "```",
+        "",
+        f"`{WEIGHTS_FILE}` holds tensors only (no pickled code); tied weights are stored once and "
+        "re-tied by `load_model`. `metadata.json` records the versions, the environment and the reload check.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _unpack(results_or_model: Any) -> tuple[nn.Module, Mapping[str, Any]]:
+    """The model and the results dict it came in (empty for a bare model)."""
+    if isinstance(results_or_model, nn.Module):
+        return results_or_model, {}
+    if isinstance(results_or_model, Mapping):
+        model = results_or_model.get("model")
+        if not isinstance(model, nn.Module):
+            raise ValueError(
+                f"results_or_model is a results dict with no model under 'model' (found {type(model).__name__}); "
+                "pass the trained model itself, or a results dict holding it under 'model'"
+            )
+        return model, results_or_model
+    raise TypeError(
+        f"results_or_model must be a torch.nn.Module or a results dict holding one under 'model', "
+        f"got {type(results_or_model).__name__}; pass the model instance (not its class or a (model, config) tuple)"
+    )
+
+
+def _resolve_config(config: Any, results: Mapping[str, Any], model: nn.Module) -> Any:
+    """``config``, else the results' config, else ``model.config`` when it is a config this module can write."""
+    if config is not None:
+        return config
+    if results.get("config") is not None:
+        return results["config"]
+    found = getattr(model, "config", None)  # built-in and Hugging Face models keep theirs here
+    try:
+        config_to_dict(found)
+    except TypeError:  # no config there, or an attribute that only happens to be called config
+        raise ValueError(
+            f"config is required: {type(model).__name__} has no usable .config and none was passed; pass config=... "
+            "(the dataclass, dict or SimpleNamespace the model was built from) so config.json can rebuild it"
+        ) from None
+    return found
+
+
+def _check_factory(model_factory: Any) -> None:
+    if model_factory is None:
+        return
+    if isinstance(model_factory, nn.Module) or not callable(model_factory):
+        raise TypeError(
+            f"model_factory must be a function that builds a new model, got {type(model_factory).__name__}; "
+            "pass e.g. model_factory=lambda: MyModel(config)"
+        )
+
+
+# --------------------------------------------------------------------------- the model to reload into
+
+
+def _fresh_model(
+    model: nn.Module, config: Any, model_factory: Callable[[], nn.Module] | None
+) -> tuple[nn.Module | None, str, str]:
+    """A newly built model to reload the export into: ``(model or None, built_from, note)``.
+
+    Built before anything is written, so a broken ``model_factory`` stops the export early.
+    The global RNG is forked so that building it leaves the caller's random stream as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        if model_factory is not None:
+            return _call_factory(model_factory, model), "factory", "the model from model_factory()"
+        try:
+            return type(model)(config), "config", f"a new {type(model).__name__}(config)"
+        except Exception as err:  # this class cannot be rebuilt from its config; fall back to a copy
+            why = f"{type(model).__name__}(config) failed: {_describe(err)}"
+    try:
+        return _nan_copy(model), "copy", f"a copy of the model with every weight set to NaN ({why})"
+    except Exception as err:  # deepcopy refuses some objects a model may hold (locks, open files)
+        return None, "copy", f"no model to reload into could be built ({why}; copying failed: {_describe(err)})"
+
+
+def _call_factory(model_factory: Callable[[], nn.Module], model: nn.Module) -> nn.Module:
+    try:
+        fresh = model_factory()
+    except Exception as err:
+        raise RuntimeError(
+            f"model_factory() failed with {_describe(err)}; it must build and return a new model"
+        ) from err
+    if not isinstance(fresh, nn.Module):
+        raise TypeError(
+            f"model_factory() must return a torch.nn.Module, got {type(fresh).__name__}; "
+            "return the model itself (not a (model, config) tuple)"
+        )
+    if fresh is model:
+        raise ValueError("model_factory() returned the model being exported; it must build a new, separate model")
+    return fresh
+
+
+def _nan_copy(model: nn.Module) -> nn.Module:
+    """A deep copy (ties kept) whose every saved tensor is overwritten, so only the loaded file can make it match.
+
+    Non-persistent buffers (causal masks, rotary tables) are not exported, so they keep their
+    values: a model rebuilt from code makes them the same way.
+    """
+    fresh = copy.deepcopy(model)
+    with torch.no_grad():
+        for tensor in fresh.state_dict().values():
+            if tensor.is_floating_point() or tensor.is_complex():
+                tensor.fill_(float("nan"))
+            else:
+                tensor.zero_()  # integer state cannot hold NaN; strict loading still must overwrite it
+    return fresh
+
+
+# --------------------------------------------------------------------------- the comparison
+
+
+def _probe_ids(model: nn.Module, config: Any, device: torch.device) -> torch.Tensor:
+    """Reproducible token ids below the vocabulary, a few tokens long (at most the config's max_seq_len)."""
+    vocab_size = detect_vocab_size(model, config)
+    batch_size, seq_len = _PROBE_SHAPE
+    seq_len = min(seq_len, config_size(config, "max_seq_len") or seq_len)
+    return random_input_ids(batch_size, seq_len, vocab_size, device, seed=0)
+
+
+def _logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    with model_mode(model, training=False), torch.no_grad():
+        return extract_logits(make_forward_fn(model)(input_ids))
+
+
+def _compare_logits(expected: torch.Tensor, actual: torch.Tensor, note: str, shape: tuple[int, ...]) -> dict:
+    """``status``, ``max_abs_diff``, ``atol`` and ``reason`` of one logits comparison."""
+    if expected.shape != actual.shape:
+        reason = f"{note} returns logits of shape {tuple(actual.shape)}, the original {tuple(expected.shape)}"
+        return {"status": "fail", "reason": reason}
+    if not torch.isfinite(expected).all():  # one deliberate sync; the check runs once per export
+        return {"status": "fail", "reason": "the original model's logits are not finite, so no reload can match them"}
+    atol = PARITY_ATOL.get(expected.dtype, PARITY_ATOL[torch.float32])
+    diff = (expected.double() - actual.double()).abs().max().item()  # NaN when the reload left NaN weights
+    if not math.isfinite(diff):
+        reason = f"{note} loaded the export, but its logits are not finite (it needs a value the export lacks)"
+        return {"status": "fail", "atol": atol, "reason": reason}
+    if diff <= atol:
+        reason = f"{note} loaded the export with strict=True and its logits on a {shape} probe batch match"
+        return {"status": "ok", "max_abs_diff": diff, "atol": atol, "reason": f"{reason} (max abs diff {diff:.3g})"}
+    reason = f"{note} loaded the export, but its logits differ from the original's by {diff:.3g} (atol {atol:g})"
+    return {"status": "fail", "max_abs_diff": diff, "atol": atol, "reason": reason}
+
+
+def _describe(err: BaseException, limit: int = 600) -> str:
+    """``Type: message``, cut short: a strict-load error can list hundreds of keys."""
+    text = f"{type(err).__name__}: {err}"
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+# --------------------------------------------------------------------------- what is written
+
+
+def _metadata(model: nn.Module, results: Mapping[str, Any], config: Any, parity: dict[str, Any]) -> dict[str, Any]:
+    import safetensors  # already imported by the caller; here only for its version
+
+    precision = results.get("precision")
+    environment = results.get("environment")
+    if not isinstance(environment, Mapping):
+        environment = environment_record(model_device(model), precision=precision)
+    return to_jsonable(
+        {
+            "format_version": FORMAT_VERSION,
+            "utils_version": __version__,
+            "torch_version": torch.__version__,
+            "safetensors_version": safetensors.__version__,
+            "model_class": _qualified_name(type(model)),
+            "config_class": _qualified_name(type(config)),
+            "parameter_count": count_parameters(model)["total"],
+            "precision": precision,
+            "metrics": _metrics(results),
+            "environment": dict(environment),
+            "parity": parity,
+        }
+    )
+
+
+def _metrics(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The results' top-level scalars (val_loss, best_epoch, optimizer_steps ...), in their order."""
+    metrics = {}
+    for name, value in results.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+            value = value.item()
+        if is_number(value):
+            metrics[str(name)] = value
+    return metrics
+
+
+def _metrics_table(metrics: Mapping[str, Any]) -> list[str]:
+    if not metrics:
+        return ["_No metrics were recorded: the model was exported without a results dict._"]
+    rows = [f"| {name} | {'n/a' if value is None else f'{value:.6g}'} |" for name, value in metrics.items()]
+    return ["| metric | value |", "|---|---|", *rows]
+
+
+def _load_snippet(model: nn.Module, config: Any, *, rebuild_from_config: bool) -> list[str]:
+    """Python lines that rebuild the model from config.json and load the weights with strict=True."""
+    (config_module, config_name), config_expr = _config_source(config)
+    model_module, model_name = _import_source(type(model))
+    imports: dict[str, set[str]] = {"safetensors.torch": {"load_model"}}
+    for module, name in ((config_module, config_name), (model_module, model_name)):
+        if module is not None:
+            imports.setdefault(module, set()).add(name.split(".")[0])
+    lines = ["import json", ""] + [
+        f"from {m} import {', '.join(sorted(names))}" for m, names in sorted(imports.items())
+    ]
+    own = [name for module, name in ((config_module, config_name), (model_module, model_name)) if module is None]
+    lines += [f"# {name} is defined in your own code: run its definition first" for name in own if name != "dict"]
+    lines += ["", f'with open("{CONFIG_FILE}") as f:', f"    config = {config_expr}"]
+    if rebuild_from_config:
+        lines.append(f"model = {model_name}(config)")
+    else:
+        lines.append(f"model = {model_name}(...)  # build it exactly as the exported model was built")
+    lines.append(f'load_model(model, "{WEIGHTS_FILE}", strict=True)')
+    return lines
+
+
+def _config_source(config: Any) -> tuple[tuple[str | None, str], str]:
+    """Where the config's class comes from, and the expression that rebuilds it from ``json.load(f)``."""
+    if callable(getattr(config, "to_dict", None)) and not isinstance(config, Mapping):
+        source = _import_source(type(config))
+        return source, f"{source[1]}.from_dict(json.load(f))"
+    if dataclasses.is_dataclass(config):
+        source = _import_source(type(config))
+        return source, f"{source[1]}(**json.load(f))"
+    if isinstance(config, types.SimpleNamespace):
+        return ("types", "SimpleNamespace"), "SimpleNamespace(**json.load(f))"
+    return (None, "dict"), "json.load(f)"
+
+
+def _import_source(cls: type) -> tuple[str | None, str]:
+    """``(module, qualified name)`` to import a class from; module None when it lives in a notebook or a function."""
+    module = cls.__module__
+    if module == "__main__" or "<locals>" in cls.__qualname__:
+        return None, cls.__qualname__.split(".")[-1]
+    if module.startswith("transformers."):
+        module = "transformers"  # Hugging Face classes are all importable from the top level
+    return module, cls.__qualname__
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")

@@ -241,3 +241,20 @@ def test_use_amp_defaults_to_mixed_precision_under_auto(tmp_path, cpu_bf16):
     assert results["precision"] == "bf16"
     plain = _coordinator(tmp_path).train(copy.deepcopy(model), config, run_name="fp32", use_amp=False, **options)
     assert plain["precision"] == "fp32"
+
+
+def test_export_of_a_run_defaults_to_its_folder_and_reloads_exactly(tmp_path):
+    from utils.training.export import load_exported_weights
+
+    model, config = _model()
+    coordinator = _coordinator(tmp_path)
+    results = coordinator.train(model, config, run_name="r", n_epochs=1, **RUN)
+    export = coordinator.export_state_dict(results)
+    assert Path(export["export_dir"]) == tmp_path / "r" / "export"
+    assert export["parity"]["status"] == "ok", export["parity"]
+    fresh, _ = _model(seed=9)
+    load_exported_weights(fresh, export["export_dir"])
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[name], tensor, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="output_dir is needed"):
+        coordinator.export_state_dict(model)

@@ -444,13 +444,13 @@ def _describe_data(data: Any) -> str | None:
 
 
 def _config_record(config: Any) -> Any:
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return to_jsonable(dataclasses.asdict(config))
-    if callable(getattr(config, "to_dict", None)):
-        return to_jsonable(config.to_dict())
-    if isinstance(config, dict):
-        return to_jsonable(config)
-    return to_jsonable(vars(config)) if hasattr(config, "__dict__") else to_jsonable(config)
+    """The model config as JSON for config.json (the export's converter); other kinds as text."""
+    from utils.training.export import config_to_dict
+
+    try:
+        return config_to_dict(config)
+    except TypeError:
+        return None if config is None else str(config)
 
 
 def _finish_run(run_dir: Path, results: dict[str, Any], model: nn.Module, config: Any) -> dict[str, Any]:

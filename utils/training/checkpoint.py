@@ -60,12 +60,7 @@ def load_best(path: str | os.PathLike, name: str = "best checkpoint") -> dict[st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{name}: no best checkpoint at {path}")
-    try:
-        best = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise _refused(path, name, err) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise _damaged(path, name, err) from err
+    best = _read_data_only(path, name)
     if not isinstance(best, dict) or best.get("kind") != "best" or not isinstance(best.get("model"), dict):
         raise ValueError(f"{name}={str(path)!r} is not a best.pt written by this library")
     return best
@@ -111,16 +106,21 @@ def load_checkpoint(resume_from: Any, name: str = "resume_from") -> dict[str, An
         path = checkpoint_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{name}={str(resume_from)!r}: no checkpoint at {path}")
+    checkpoint = _read_data_only(path, name)
+    _check_structure(checkpoint, path, name)
+    return checkpoint
+
+
+def _read_data_only(path: Path, name: str) -> Any:
+    """``torch.load(weights_only=True)`` onto the CPU, with errors that name ``name`` and the path."""
     try:
         # weights_only=True: the unpickler builds tensors and plain containers only, and refuses
         # any other global (os.system, a class with __reduce__ ...) before it can run.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise _refused(path, name, err) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise _damaged(path, name, err) from err
-    _check_structure(checkpoint, path, name)
-    return checkpoint
 
 
 def _refused(path: Path, name: str, err: pickle.UnpicklingError) -> ValueError:

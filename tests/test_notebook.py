@@ -24,11 +24,12 @@ def kernel_name(tmp_path, monkeypatch):
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("UTILS_OUTPUT_DIR", str(tmp_path / "training_output"))  # runs go here, not into the repo
     return "utils-test"
 
 
 @pytest.mark.slow
-def test_template_notebook_executes_without_errors(kernel_name):
+def test_template_notebook_executes_without_errors(kernel_name, tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(REPO / "template.ipynb", as_version=4)
@@ -46,3 +47,10 @@ def test_template_notebook_executes_without_errors(kernel_name):
     text = "".join(outputs)
     assert "utils 3.3.0" in text
     assert "val accuracy" in text
+    # "Train, keep the best, export": the run, its export, and the export's parity check.
+    run_dir = tmp_path / "training_output" / "notebook-tiny-gpt"
+    assert f"run folder {run_dir}: best val/loss" in text
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert {p.name for p in (run_dir / "export").iterdir()} >= {"model.safetensors", "config.json", "README.md"}
+    assert "parity: ok: " in text
+    assert "the reloaded model's logits match the trained model's" in text

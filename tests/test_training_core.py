@@ -121,6 +121,7 @@ def test_a_new_run_that_fails_before_any_checkpoint_leaves_no_folder(tmp_path):
     [
         (dict(run_name="a/b"), ValueError, "run_name must be a folder name"),
         (dict(run_name=".."), ValueError, "run_name must be a folder name"),
+        (dict(run_name="a\n"), ValueError, "run_name must be a folder name"),
         (dict(run_name="none", resume=True), ValueError, r"resume=True, but .* holds no checkpoint to resume"),
         (dict(resume=True), ValueError, "resume=True needs the run_name"),
         (dict(run_name="x", resume=True, overwrite=True), ValueError, "contradict each other"),

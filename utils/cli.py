@@ -8,6 +8,12 @@ the Tier 1 and Tier 2 checks, writes a report folder and prints a summary.
 Under ``torchrun --nproc_per_node=N -m utils`` it trains with DDP on N
 processes and rank 0 writes the report; the AMP benchmark and the tiers,
 which are single-device measurements, are left out and the report says so.
+``--export DIR`` also exports the fine-tuned model there, checks that it
+reloads to the same logits, and puts the export and that check in the report.
+
+``python -m utils train`` trains in a run folder through the training
+coordinator instead: it keeps the best epoch's weights, stops early, resumes
+a run by name and exports the model (see ``train_main``).
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ import torch.nn as nn
 
 from utils import __version__, report
 from utils.checks import check_int, check_path, check_positive_int, check_positive_number
+from utils.folders import check_writable
 from utils.model_helpers import detect_vocab_size, get_config_value, resolve_device
 from utils.models import tiny_gpt
-from utils.training import checkpoint
+from utils.training import checkpoint, training_core
 from utils.training.amp_utils import resolve_precision
 from utils.training.distributed import launched_rank, launched_world_size
+from utils.training.export import check_export_target, export_state_dict
 
 DEFAULT_SEQ_LEN = 128  # for a model file that brings no config
 # torch.manual_seed takes [-2**63, 2**64); the loop adds the rank and the epoch, so keep the top half free.
@@ -81,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m utils",
         description="Check, train and benchmark a transformer: the built-in tiny GPT by default, or --model yours.",
+        epilog="subcommand:\n  train  train in a run folder: keep the best epoch, stop early, resume a run\n"
+        "         by name, export the model (python -m utils train --help)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the epilog's lines
     )
     parser.add_argument("--version", action="version", version=f"utils {__version__}")
     _add_model_options(parser)
@@ -109,6 +120,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
+    _add_budget_options(group)
+    group.add_argument(
+        "--checkpoint-dir", metavar="DIR", help="write last.pt there at each epoch end (rank 0); made if missing"
+    )
+    group.add_argument("--resume", metavar="CHECKPOINT", help="continue fine-tuning from a last.pt (or its folder)")
+
+
+def _add_budget_options(group: argparse._ArgumentGroup) -> None:
+    """The flags the main job and ``train`` share: how long, how big a batch, how fast, which seed."""
     group.add_argument("--quick", action="store_true", help="a short run (~30 s on a laptop CPU) to check the wiring")
     for flag, kind, text in (
         ("--epochs", int, f"training epochs (default: {_profile_default('n_epochs')})"),
@@ -127,10 +147,6 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--seed", type=int, default=0, metavar="N", help="seed for weights, data and dropout (default: %(default)s)"
     )
-    group.add_argument(
-        "--checkpoint-dir", metavar="DIR", help="write last.pt there at each epoch end (rank 0); made if missing"
-    )
-    group.add_argument("--resume", metavar="CHECKPOINT", help="continue fine-tuning from a last.pt (or its folder)")
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -138,7 +154,17 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-benchmark", action="store_true", help="skip the FP32 vs AMP benchmark")
     group.add_argument("--no-tiers", action="store_true", help="skip the Tier 1 and Tier 2 checks")
     group.add_argument("--out", metavar="DIR", help="report folder (default: reports/run-<time>)")
-    group.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
+    group.add_argument(
+        "--export",
+        metavar="DIR",
+        help="export the fine-tuned model there (safetensors, config, model card), check that it reloads to the "
+        "same logits, and link it in the report; exit status 1 if that check fails",
+    )
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier report in --out (and an earlier export in --export)",
+    )
     group.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without an API key)")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -151,11 +177,18 @@ def _profile_default(field: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the main job; any bad argument ends with a usage error (exit 2) before any work.
+    """Run the main job, or ``train`` when that comes first; a bad argument is a usage error (exit 2) before any work.
+
+    Returns:
+        0, or 1 when ``--export`` wrote an export that failed its reload check.
 
     Example:
         >>> main(["--quick", "--out", "reports/try"])
+        >>> main(["train", "--quick", "--run-name", "try", "--export", "exports/try"])
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        return train_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -210,7 +243,7 @@ def _run_job(args: argparse.Namespace, inputs: CheckedInputs) -> int:
     print()
     print(report.markdown_table(summary_rows, ["section", "metric", "value"]))
     print(f"Report written to {folder}")
-    return 0
+    return _exit_status(sections["fine_tuning"]["results"].get("export"))
 
 
 def _say_nothing(*args: Any, **kwargs: Any) -> None:
@@ -241,14 +274,24 @@ def _check_seq_len_and_seed(seq_len: int | None, seed: int) -> None:
 
 
 def _check_paths(args: argparse.Namespace) -> Path:
-    """Check --out, --checkpoint-dir and --resume paths; return the report folder."""
-    for flag, value in (("--out", args.out), ("--checkpoint-dir", args.checkpoint_dir), ("--resume", args.resume)):
+    """Check --out, --checkpoint-dir, --resume and --export paths; return the report folder."""
+    for flag, value in (
+        ("--out", args.out),
+        ("--checkpoint-dir", args.checkpoint_dir),
+        ("--resume", args.resume),
+        ("--export", args.export),
+    ):
         if value is not None:
             check_path(value, flag)  # an empty path would silently mean the current folder
     out = Path(args.out) if args.out is not None else Path("reports") / time.strftime("run-%Y%m%d-%H%M%S")
     report.check_report_folder(out, args.overwrite)
     if args.checkpoint_dir is not None:
         _check_checkpoint_dir(Path(args.checkpoint_dir), out)
+    if args.export is not None:
+        export_dir = _check_export_dir(args.export, args.overwrite)
+        _check_apart(export_dir, "--export", out, "--out")
+        if args.checkpoint_dir is not None:
+            _check_apart(export_dir, "--export", Path(args.checkpoint_dir), "--checkpoint-dir")
     return out
 
 
@@ -260,6 +303,21 @@ def _check_checkpoint_dir(folder: Path, out: Path) -> None:
         raise ValueError(
             f"--checkpoint-dir {folder} is inside --out {out}, and the report replaces that folder as a whole; "
             f"keep checkpoints beside it, e.g. --checkpoint-dir {out.parent / 'checkpoints'}"
+        )
+
+
+def _check_export_dir(export: str, overwrite: bool) -> Path:
+    """--export must be a new or empty folder, or an earlier export with --overwrite."""
+    return check_export_target(export, overwrite, flag="--export", overwrite_flag="--overwrite")
+
+
+def _check_apart(path: Path, flag: str, other: Path, other_flag: str) -> None:
+    """Neither folder may be, or hold, the other: each is written, or replaced, as a whole."""
+    mine, theirs = path.resolve(), other.resolve()
+    if mine == theirs or mine in theirs.parents or theirs in mine.parents:
+        raise ValueError(
+            f"{flag} {path} and {other_flag} {other} overlap, and writing one as a whole folder would replace "
+            f"or fill the other; keep them side by side, e.g. {flag} {other.parent / (other.name + '-export')}"
         )
 
 
@@ -434,7 +492,7 @@ def _run_fine_tuning(model: nn.Module, config: Any, args: argparse.Namespace, pr
         "loss_history",
     )
     throughput = r["throughput"]
-    return {
+    section = {
         "results": {k: r[k] for k in keep},
         "figures": {"training_curves": r["figure"]},
         "tables": {"metrics": r["metrics_summary"], "steps": r["step_history"]},
@@ -448,6 +506,11 @@ def _run_fine_tuning(model: nn.Module, config: Any, args: argparse.Namespace, pr
             ("skipped steps (fp16)", r["skipped_steps"]),
         ],
     }
+    if args.export is not None and launched_rank() == 0:  # one export, like one report
+        record = _export_model({**r, "model": model, "config": config}, Path(args.export), args.overwrite)
+        section["results"]["export"] = record
+        section["summary"] += _export_rows(record)
+    return section
 
 
 def _run_benchmark(model: nn.Module, config: Any, args: argparse.Namespace, profile: RunProfile) -> dict:
@@ -527,3 +590,305 @@ def _summary_markdown(label: str, rows: list[dict[str, Any]]) -> str:
 
 def _format(value: float | None, spec: str) -> str:
     return spec.format(value) if value is not None else "n/a"
+
+
+# -- exporting, for the main job and train ---------------------------------------
+
+
+def _export_model(results: dict[str, Any], folder: Path, overwrite: bool) -> dict[str, Any]:
+    """Export ``results['model']`` to ``folder`` with the reload check; return what the report keeps of it."""
+    exported = export_state_dict(results, folder, overwrite=overwrite)
+    return {"export_dir": str(exported["export_dir"]), "files": exported["files"], "parity": exported["parity"]}
+
+
+def _export_rows(record: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The summary rows of an export: where it is and whether it reloads to the same logits."""
+    if record is None:
+        return [("export", "none (pass --export DIR)")]
+    parity = record["parity"]
+    if parity["status"] == "ok":
+        verdict = f"ok (max abs diff {parity['max_abs_diff']:.3g})"
+    else:
+        verdict = f"FAIL: {parity['reason']}"
+    return [("export", record["export_dir"]), ("export parity", verdict)]
+
+
+def _exit_status(record: dict[str, Any] | None) -> int:
+    """1 when an export failed its reload check: a script must not take those weights for good ones."""
+    if record is None or record["parity"]["status"] == "ok":
+        return 0
+    print(
+        f"error: the export in {record['export_dir']} does not reload to the same model "
+        f"({record['parity']['reason']}); do not use those weights until you know why",
+        file=sys.stderr,
+    )
+    return 1
+
+
+# -- python -m utils train ------------------------------------------------------
+
+# Flags that set what a run computes -> the config.json entry they must match on --resume:
+# resume_training continues a run with its own settings, so a different value would be ignored.
+RESUME_KEPT = {
+    "batch_size": ("--batch-size", "batch_size"),
+    "lr": ("--lr", "learning_rate"),
+    "seq_len": ("--seq-len", "seq_len"),
+    "seed": ("--seed", "seed"),
+    "precision": ("--precision", "precision"),
+    "device": ("--device", "device"),
+    "compile": ("--compile", "compile"),
+    "wandb": ("--wandb", "use_wandb"),
+    "no_progress": ("--no-progress", "progress"),
+    "early_stopping": ("--early-stopping", "early_stopping_patience"),
+}
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What the ``train`` checks built before any work."""
+
+    coordinator: training_core.TrainingCoordinator
+    model: nn.Module
+    config: Any
+    label: str
+    run_dir: Path | None  # None: the coordinator names a new run run-<date>-<time>
+    export_dir: Path | None
+    options: dict[str, Any]  # TrainingCoordinator.train keywords, for a new run
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    """The ``python -m utils train`` parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m utils train",
+        description="Train in a run folder (checkpoints, metrics.csv, config.json): keep the best epoch's weights, "
+        "stop early, resume a run by name, and export the model with a reload check.",
+    )
+    _add_model_options(parser)
+    _add_budget_options(parser.add_argument_group("training"))
+    _add_run_options(parser)
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("the run folder and the export")
+    group.add_argument(
+        "--output-dir", default="training_output", metavar="DIR", help="where run folders go (default: %(default)s)"
+    )
+    group.add_argument(
+        "--run-name",
+        metavar="NAME",
+        help="the run's folder in --output-dir: letters, digits, '.', '_', '-' (default: run-<date>-<time>)",
+    )
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run --run-name from its last epoch, with the settings in its config.json; "
+        "raise --epochs or --max-steps (counted from the run's start) to train on",
+    )
+    group.add_argument(
+        "--early-stopping",
+        type=int,
+        metavar="N",
+        help="stop after N epochs without a better val/loss (default: train every epoch)",
+    )
+    group.add_argument(
+        "--export",
+        metavar="DIR",
+        help="export the trained (best) model there and check that it reloads to the same logits; "
+        "exit status 1 if that check fails",
+    )
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export in --export, and without --resume an earlier run of that --run-name",
+    )
+    group.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without an API key)")
+    group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def train_main(argv: list[str]) -> int:
+    """``python -m utils train``: train in a run folder, print a summary; bad flags are usage errors (exit 2).
+
+    Returns:
+        0, or 1 when the export failed its reload check.
+
+    Example:
+        >>> train_main(["--quick", "--run-name", "try", "--early-stopping", "2", "--export", "exports/try"])
+        >>> train_main(["--run-name", "try", "--resume", "--epochs", "5"])
+    """
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    try:
+        plan = check_train_args(args, _typed_options(parser, argv))
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        parser.error(str(err))
+    return _run_train(args, plan)
+
+
+def _typed_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The options the user typed, as dests: argparse leaves a value it finds in the namespace unless typed."""
+    unset = object()
+    probe = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args(argv)), unset))
+    return {dest for dest, value in vars(parser.parse_args(argv, namespace=probe)).items() if value is not unset}
+
+
+def check_train_args(args: argparse.Namespace, typed: set[str]) -> TrainPlan:
+    """Check every ``train`` flag, cheapest first, and build the model and the coordinator; nothing is written.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError: naming the flag and the fix.
+    """
+    profile = _profile_from_args(args)
+    _check_seq_len_and_seed(args.seq_len, args.seed)
+    if args.early_stopping is not None:
+        check_positive_int(args.early_stopping, "--early-stopping")
+    if launched_world_size() > 1:
+        raise ValueError("train runs on one process; for DDP run the main job under torchrun (python -m utils)")
+    output_dir = _check_output_dir(args.output_dir)
+    run_dir = _check_run_name(args, output_dir)
+    export_dir = _check_train_export(args, run_dir or output_dir)
+    device = _resolve_device(args.device)
+    with _naming("--precision"):
+        resolve_precision(args.precision, use_amp=args.precision == "auto", device=device)
+    model, config, label = load_model(args.model, args.seq_len)
+    _check_seq_len_fits(args.seq_len, config, args.model)
+    if args.resume:
+        _check_resumable(run_dir, args, typed, model)
+    coordinator = training_core.TrainingCoordinator(
+        output_dir, args.precision, args.device, args.wandb, progress=not args.no_progress
+    )
+    return TrainPlan(coordinator, model, config, label, run_dir, export_dir, _train_options(args, profile))
+
+
+def _check_output_dir(output_dir: str) -> Path:
+    """--output-dir must be a folder that can be made and written to."""
+    check_path(output_dir, "--output-dir")
+    checkpoint.check_checkpoint_dir(output_dir, name="--output-dir")
+    check_writable(Path(output_dir), "--output-dir")  # a real write: permission bits miss root and special mounts
+    return Path(output_dir)
+
+
+def _check_run_name(args: argparse.Namespace, output_dir: Path) -> Path | None:
+    """The run folder --run-name names: new unless --resume (or --overwrite); None for a default name."""
+    if args.run_name is None:
+        if args.resume:
+            raise ValueError("--resume needs --run-name NAME: the run to continue, a folder in --output-dir")
+        return None
+    training_core.check_run_name(args.run_name, "--run-name")
+    run_dir = output_dir / args.run_name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--run-name {args.run_name}: {run_dir} is a file; pick another --run-name")
+    if args.resume and not run_dir.exists():
+        raise ValueError(
+            f"--resume: there is no run {args.run_name!r} in --output-dir {output_dir} (no {run_dir}); "
+            "check --run-name and --output-dir, or drop --resume to start that run"
+        )
+    if run_dir.exists() and not (args.resume or args.overwrite):
+        raise ValueError(
+            f"--run-name {args.run_name}: {run_dir} already exists; pass --resume to continue it, "
+            "--overwrite to replace it, or another --run-name"
+        )
+    return run_dir
+
+
+def _check_train_export(args: argparse.Namespace, run_or_output_dir: Path) -> Path | None:
+    """--export may sit inside the run folder (as the coordinator's default does), never be it or hold it."""
+    if args.export is None:
+        return None
+    check_path(args.export, "--export")
+    export_dir = _check_export_dir(args.export, args.overwrite)
+    run = run_or_output_dir.resolve()
+    if export_dir.resolve() == run or export_dir.resolve() in run.parents:
+        raise ValueError(
+            f"--export {export_dir} is, or holds, the run folder {run_or_output_dir}, and an export is written as "
+            f"a whole folder; pass a folder beside it or inside it, e.g. --export {run_or_output_dir / 'export'}"
+        )
+    return export_dir
+
+
+def _check_resumable(run_dir: Path, args: argparse.Namespace, typed: set[str], model: nn.Module) -> None:
+    """--resume: a run folder with a checkpoint of this model, flags that agree with it, and training left."""
+    with _naming("--resume"):
+        saved = training_core.read_run_config(run_dir)
+    last = checkpoint.checkpoint_path(run_dir / "checkpoints")
+    if not last.is_file():
+        raise ValueError(
+            f"--resume: run {run_dir.name!r} has no checkpoint ({last}): it stopped before its first epoch "
+            "ended; start it again with --overwrite"
+        )
+    _check_kept_settings(saved, args, typed, run_dir.name)
+    settings = saved["settings"]
+    n_epochs = args.epochs if args.epochs is not None else settings["n_epochs"]
+    state = checkpoint.load_for_resume(last, model, n_epochs, name="--resume", epochs_name="--epochs")
+    max_steps = args.max_steps if args.max_steps is not None else settings["max_steps"]
+    if max_steps is not None and state["optimizer_step"] >= max_steps:
+        raise ValueError(
+            f"--max-steps: run {run_dir.name!r} already took {state['optimizer_step']} optimizer steps, its cap "
+            f"of {max_steps}; pass --max-steps > {state['optimizer_step']} to train on"
+        )
+
+
+def _check_kept_settings(saved: dict[str, Any], args: argparse.Namespace, typed: set[str], name: str) -> None:
+    """A flag typed with --resume must agree with the run's config.json, which resume_training follows."""
+    if "quick" in typed:
+        raise ValueError(
+            f"--quick sets a new run's budget; --resume continues run {name!r} with its own, so drop --quick "
+            "(raise --epochs or --max-steps to train on)"
+        )
+    recorded = {**saved["settings"], **saved["lifecycle"]}
+    for dest, (flag, key) in RESUME_KEPT.items():
+        value = getattr(args, dest)
+        value = not value if dest == "no_progress" else value
+        if dest in typed and value != recorded.get(key):
+            raise ValueError(
+                f"{flag} asks for {key}={value!r}, but run {name!r} trained with {key}={recorded.get(key)!r} "
+                "(its config.json), which --resume keeps; drop the flag, or start a new --run-name"
+            )
+
+
+def _train_options(args: argparse.Namespace, profile: RunProfile) -> dict[str, Any]:
+    """``TrainingCoordinator.train`` keywords for a new run: the profile, the seed, and the lifecycle flags."""
+    return dict(
+        run_name=args.run_name,
+        n_epochs=profile.n_epochs,
+        learning_rate=profile.learning_rate,
+        batch_size=profile.batch_size,
+        max_steps=profile.max_steps,
+        max_corpus_bytes=profile.max_corpus_bytes,
+        max_val_batches=profile.max_val_batches,
+        seed=args.seed,
+        seq_len=args.seq_len,
+        compile=args.compile,
+        early_stopping_patience=args.early_stopping,
+        overwrite=args.overwrite,
+    )
+
+
+def _run_train(args: argparse.Namespace, plan: TrainPlan) -> int:
+    """Train (or resume), export when asked, and print the summary table."""
+    how = f"resuming {plan.run_dir}" if args.resume else f"device={args.device}, precision={args.precision}"
+    print(f"utils {__version__} train: {plan.label}, {how}", flush=True)
+    if args.resume:
+        results = plan.coordinator.resume_training(
+            plan.run_dir, plan.model, plan.config, n_epochs=args.epochs, max_steps=args.max_steps
+        )
+    else:
+        results = plan.coordinator.train(plan.model, plan.config, **plan.options)
+    record = _export_model(results, plan.export_dir, args.overwrite) if plan.export_dir is not None else None
+    rows = [{"metric": metric, "value": value} for metric, value in _train_summary(results, record)]
+    print()
+    print(report.markdown_table(rows, ["metric", "value"]))
+    return _exit_status(record)
+
+
+def _train_summary(results: dict[str, Any], record: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """Where the run is, how it went, and where its export is."""
+    best, epoch = results["best_value"], results["best_epoch"]
+    return [
+        ("run folder", results["run_dir"]),
+        ("precision", results["precision"]),
+        ("optimizer steps", results["optimizer_steps"]),
+        (f"best {results['monitor']}", f"{best:.4f} at epoch {epoch + 1}" if best is not None else "n/a"),
+        ("stopped early", "yes" if results["stopped_early"] else "no"),
+        *_export_rows(record),
+    ]

@@ -102,17 +102,7 @@ def export_state_dict(
     config = _resolve_config(config, results, model)
     config_json = config_to_dict(config)
     _check_factory(model_factory)
-    check_path(output_dir, "output_dir")
-    check_bool(overwrite, "overwrite")
-    out = Path(output_dir)
-    check_target_folder(
-        out,
-        overwrite=overwrite,
-        flag="output_dir",
-        overwrite_flag="overwrite=True",
-        kind="export",
-        marker_files=_EXPORT_FILES,
-    )
+    out = check_export_target(output_dir, overwrite)
     safetensors = import_safetensors()
     fresh, built_from, note = _fresh_model(model, config, model_factory)
     with staged_folder(out) as staging:
@@ -125,6 +115,23 @@ def export_state_dict(
         (staging / CARD_FILE).write_text(_model_card(model, config, metadata))
         files = sorted(p.name for p in staging.iterdir())
     return {"export_dir": out.resolve(), "files": files, "parity": parity, "metadata": metadata}
+
+
+def check_export_target(
+    output_dir: Any, overwrite: bool, *, flag: str = "output_dir", overwrite_flag: str = "overwrite=True"
+) -> Path:
+    """Check, before any work, that ``output_dir`` can receive an export: new, empty, or an earlier export to replace.
+
+    Only a folder holding an earlier export (``model.safetensors`` and ``metadata.json``) is ever replaced.
+    ``flag``/``overwrite_flag`` name the arguments in the message (the CLI passes its flags).
+    """
+    check_path(output_dir, flag)
+    check_bool(overwrite, overwrite_flag.removesuffix("=True"))
+    out = Path(output_dir)
+    check_target_folder(
+        out, overwrite=overwrite, flag=flag, overwrite_flag=overwrite_flag, kind="export", marker_files=_EXPORT_FILES
+    )
+    return out
 
 
 def load_exported_weights(model: nn.Module, export_dir: str | Path) -> nn.Module:

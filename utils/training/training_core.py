@@ -47,7 +47,7 @@ CONFIG_FILE = "config.json"
 RUN_FORMAT_VERSION = 1
 # Settings that change nothing a resumed run computes, so they may differ when resuming.
 RESUME_MAY_CHANGE = ("n_epochs", "max_steps", "progress", "use_wandb", "wandb_project", "device", "load_best")
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # A short run on the built-in corpus, to check the wiring (about 30 steps of a tiny model: seconds on a CPU).
 QUICK_TRAIN = dict(
     n_epochs=1, max_steps=30, batch_size=8, learning_rate=1e-3, max_corpus_bytes=40_000, max_val_batches=4
@@ -181,6 +181,8 @@ class TrainingCoordinator:
         n_epochs: int | None = None,
         *,
         max_steps: int | None = None,
+        device: str | torch.device | None = None,
+        progress: bool | None = None,
         train_data: Any = None,
         val_data: Any = None,
         callbacks: Sequence[Any] = (),
@@ -191,7 +193,8 @@ class TrainingCoordinator:
         weights as a run that never stopped (on one process); early-stopping
         patience and the best value carry over. ``n_epochs`` (counted from the
         run's start) or ``max_steps`` may be raised to train on; the learning-rate
-        schedule then stretches to the new length.
+        schedule then stretches to the new length. ``device`` and ``progress``
+        may differ from the original run's.
 
         Raises:
             FileNotFoundError, ValueError: not a run folder, no checkpoint, or a
@@ -205,7 +208,8 @@ class TrainingCoordinator:
                 "pass the same train_data (and val_data) to resume it exactly"
             )
         fields = dict(saved["settings"])
-        fields.update({k: v for k, v in (("n_epochs", n_epochs), ("max_steps", max_steps)) if v is not None})
+        changes = dict(n_epochs=n_epochs, max_steps=max_steps, device=device, progress=progress)
+        fields.update({k: v for k, v in changes.items() if v is not None})  # only what RESUME_MAY_CHANGE allows
         lifecycle = {**saved["lifecycle"], "run_name": run_dir.name, "resume": True, "overwrite": False}
         return self._run(run_dir, model, config, train_data, val_data, fields, lifecycle, callbacks)
 
@@ -251,10 +255,7 @@ class TrainingCoordinator:
             if resume:
                 raise ValueError("resume=True needs the run_name of the run to continue")
             return self.output_dir / _default_run_name(self.output_dir, "run")
-        if not isinstance(run_name, str) or not _RUN_NAME.match(run_name) or run_name in (".", ".."):
-            raise ValueError(
-                f"run_name must be a folder name of letters, digits, '.', '_' and '-' (at most 128), got {run_name!r}"
-            )
+        check_run_name(run_name)
         run_dir = self.output_dir / run_name
         if run_dir.exists() and not run_dir.is_dir():
             raise ValueError(f"run_name={run_name!r}: {run_dir} is a file; pick another run_name")
@@ -311,6 +312,15 @@ def train_model(model: nn.Module, config: Any, train_data: Any = None, **kwargs:
     """
     coordinator_args = {k: kwargs.pop(k) for k in ("output_dir",) if k in kwargs}
     return TrainingCoordinator(**coordinator_args).train(model, config, train_data, **kwargs)
+
+
+def check_run_name(run_name: Any, name: str = "run_name") -> None:
+    """A run folder's name: letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128."""
+    if not isinstance(run_name, str) or not _RUN_NAME.fullmatch(run_name):
+        raise ValueError(
+            f"{name} must be a folder name of letters, digits, '.', '_' and '-', starting with a letter or digit "
+            f"(at most 128), got {run_name!r}"
+        )
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:

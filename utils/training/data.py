@@ -262,7 +262,7 @@ def _file_dataset(data: str | os.PathLike, arg: str, vocab_size: int, seq_len: i
         raise ValueError(f"{arg}={str(data)[:60]!r} is not an existing file; pass raw text as a list of strings")
     _check_text_vocab(vocab_size, f"{arg} (a text file)")
     raw = path.read_bytes()
-    _check_text_bytes(raw, arg, path)
+    check_text_bytes(raw, arg, path)
     if len(raw) < seq_len:  # also keeps an empty file away from torch.frombuffer, which rejects it
         raise ValueError(
             f"{arg}={str(path)!r} holds {len(raw)} bytes, too few for one block of {seq_len}; pass a longer text file"
@@ -307,8 +307,8 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _check_text_bytes(raw: bytes, arg: str, path: Path) -> None:
-    """Reject a binary file: its bytes would train the model on noise."""
+def check_text_bytes(raw: bytes, arg: str, path: Path) -> None:
+    """Reject a binary file (a NUL byte, or invalid UTF-8): its bytes would train the model on noise."""
     nul = raw.find(b"\0")
     if nul >= 0:
         found = f"NUL byte at offset {nul}"

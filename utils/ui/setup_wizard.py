@@ -64,7 +64,7 @@ from utils.training.amp_utils import PRECISIONS, MixedPrecisionStep, PrecisionPl
 from utils.training.data import (
     DEFAULT_CORPUS_BYTES,
     ByteTokenizer,
-    _check_text_bytes,  # the engine's one text check (UTF-8, no NUL); private in data.py, shared here
+    check_text_bytes,
     load_stdlib_corpus,
     prepare_lm_data,
 )
@@ -422,12 +422,9 @@ def _message(field_name: str, text: str) -> str:
 
 
 def _check_run_name(run_name: Any) -> None:
-    """The coordinator's own rule for a run folder's name (``training_core._RUN_NAME``, private there)."""
-    if run_name is not None and (not isinstance(run_name, str) or not training_core._RUN_NAME.match(run_name)):
-        raise ValueError(
-            f"run_name must be a folder name of letters, digits, '.', '_' and '-' (at most 128), got {run_name!r}; "
-            "or None for a dated name"
-        )
+    """The coordinator's own rule for a run folder's name; None means a dated name."""
+    if run_name is not None:
+        training_core.check_run_name(run_name)
 
 
 def _source_errors(cfg: WizardConfig) -> list[str]:
@@ -520,7 +517,7 @@ def read_text_folder(folder: str | os.PathLike) -> list[str]:
     texts = []
     for path in files:
         raw = path.read_bytes()
-        _check_text_bytes(raw, "a file in dataset_path", path)
+        check_text_bytes(raw, "a file in dataset_path", path)
         texts.append(raw.decode("utf-8"))
     return texts
 

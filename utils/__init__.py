@@ -25,6 +25,18 @@ _LAZY = {
     "resolve_precision": "utils.training.amp_utils",
     "compute_effective_precision": "utils.training.amp_utils",
     "AmpWandbCallback": "utils.training.amp_utils",
+    "test_hyperparameter_search": "utils.tier3_hyperparameter_search",
+    "test_benchmark_comparison": "utils.tier3_benchmark_comparison",
+    "TrainingCoordinator": "utils.training.training_core",
+    "train_model": "utils.training.training_core",
+    "EarlyStopping": "utils.training.callbacks",
+    "export_state_dict": "utils.training.export",
+    "load_exported_weights": "utils.training.export",
+    "publish_to_hub": "utils.training.publish",
+    "SetupWizard": "utils.ui.setup_wizard",
+    "WizardConfig": "utils.ui.setup_wizard",
+    "quick_setup": "utils.ui.setup_wizard",
+    "ConfigPresets": "utils.ui.presets",
 }
 
 __all__ = ["ModelConfig", "tiny_encoder", "tiny_gpt", "__version__", *_LAZY]

@@ -42,7 +42,7 @@ from utils.tier1_critical_validation import (
     test_shape_robustness,
 )
 from utils.tier2_advanced_analysis import test_attention_patterns, test_attribution_analysis, test_robustness
-from utils.tier3_training_utilities import test_fine_tuning
+from utils.tier3_training_utilities import test_benchmark_comparison, test_fine_tuning, test_hyperparameter_search
 from utils.training.amp_benchmark import test_amp_speedup_benchmark
 
 SUMMARY_COLUMNS = ("test", "status", "key_figure", "time_s")
@@ -227,6 +227,8 @@ __all__ = [
     "run_all_tier2_tests",
     "run_checks",
     "test_amp_speedup_benchmark",
+    "test_benchmark_comparison",
+    "test_hyperparameter_search",
     "test_attention_patterns",
     "test_attribution_analysis",
     "test_fine_tuning",

@@ -404,3 +404,13 @@ def test_a_missing_front_end_is_not_implemented_yet(tiny_gpt, monkeypatch):
     with pytest.raises(NotImplementedError, match=r"terminal questions \(utils.ui.terminal\) is not written yet"):
         SetupWizard(quiet=True).run(model, config, **SMALL_RUN)
     assert setup_wizard.interaction_mode(False) == "none"
+
+
+def test_the_missing_path_message_blames_the_preset_only_when_the_preset_reads_user_text():
+    from utils.ui.presets import ConfigPresets
+
+    chat = " ".join(ConfigPresets.get("chat").validate())
+    assert "the 'chat' preset trains on your own text" in chat
+    switched = " ".join(ConfigPresets.get("tiny").replace(data_source="file").validate())
+    assert "dataset_path: data_source='file' needs the path" in switched
+    assert "preset trains on your own text" not in switched  # 'tiny' trains on the built-in corpus

@@ -234,9 +234,9 @@ class WizardConfig:
                 "the file was not written by WizardConfig.save of this library version"
             )
         values = {k: v for k, v in data.items() if k != "format_version"}
-        unknown = sorted(set(values) - set(_field_types()))
+        unknown = sorted(set(values) - set(field_types()))
         if unknown:
-            raise ValueError(f"unknown key(s) {unknown}{_hint(unknown)}; the keys are {sorted(_field_types())}")
+            raise ValueError(f"unknown key(s) {unknown}{_hint(unknown)}; the keys are {sorted(field_types())}")
         wrong = [_type_problem(key, value) for key, value in values.items()]
         wrong = [problem for problem in wrong if problem]
         if wrong:
@@ -271,9 +271,9 @@ class WizardConfig:
 
     def replace(self, **changes: Any) -> WizardConfig:
         """A copy with ``changes``; an unknown setting is a ``TypeError`` that names it (values are not checked)."""
-        unknown = sorted(set(changes) - set(_field_types()))
+        unknown = sorted(set(changes) - set(field_types()))
         if unknown:
-            raise TypeError(f"unknown setting(s) {unknown}{_hint(unknown)}; the settings are {sorted(_field_types())}")
+            raise TypeError(f"unknown setting(s) {unknown}{_hint(unknown)}; the settings are {sorted(field_types())}")
         return dataclasses.replace(copy.deepcopy(self), **changes)
 
 
@@ -292,13 +292,13 @@ def effective_use_amp(wizard_config: WizardConfig) -> bool | None:
 
 
 @functools.cache
-def _field_types() -> dict[str, Any]:
+def field_types() -> dict[str, Any]:
     """Each field's type hint, resolved once (the annotations are strings under ``from __future__``)."""
     return typing.get_type_hints(WizardConfig)
 
 
 def _type_problem(key: str, value: Any) -> str | None:
-    hint = _field_types()[key]
+    hint = field_types()[key]
     if _matches(value, hint):
         return None
     return f"{key}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}"
@@ -322,7 +322,7 @@ def _type_name(hint: Any) -> str:
 
 def _hint(unknown: list[str]) -> str:
     """' (did you mean ...?)' for the unknown names that resemble a field."""
-    names = sorted(_field_types())
+    names = sorted(field_types())
     guesses = {}
     for name in unknown:
         close = _FIELD_HINTS.get(name) or next(iter(difflib.get_close_matches(name, names, n=1)), None)
@@ -452,9 +452,21 @@ def _missing_path(cfg: WizardConfig) -> str | None:
         return None
     what = "your UTF-8 text file" if cfg.data_source == "file" else "a folder of your text files"
     why = (
-        f" (the {cfg.preset!r} preset trains on your own text, not on the built-in Python corpus)" if cfg.preset else ""
+        f" (the {cfg.preset!r} preset trains on your own text, not on the built-in Python corpus)"
+        if cfg.preset and _preset_reads_user_text(cfg.preset)
+        else ""
     )
     return f"dataset_path: data_source={cfg.data_source!r} needs the path of {what}{why}; pass dataset_path='...'"
+
+
+def _preset_reads_user_text(name: str) -> bool:
+    """True for a preset (chat, summarization) whose own data source is the user's text."""
+    from utils.ui.presets import ConfigPresets  # presets build on WizardConfig: imported here, not above
+
+    try:
+        return ConfigPresets.get(name).data_source in ("file", "folder")
+    except ValueError:  # a name that is no preset (e.g. loaded from an edited file): say nothing about it
+        return False
 
 
 def _path_problem(cfg: WizardConfig) -> str | None:

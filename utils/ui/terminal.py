@@ -52,7 +52,7 @@ def editable_fields() -> list[str]:
 
 def field_type(name: str) -> tuple[Any, bool]:
     """A field's type without None, and whether None is allowed: ``(int, True)`` for ``int | None``."""
-    hint = setup_wizard._field_types()[name]  # the dataclass's resolved hints, kept in one place there
+    hint = setup_wizard.field_types()[name]
     is_union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
     args = typing.get_args(hint) if is_union else (hint,)
     kinds = [arg for arg in args if arg is not type(None)]

@@ -168,11 +168,13 @@ def test_the_form_module_imports_ipywidgets_only_where_the_form_is_built():
 
 
 def _imported(tree: ast.AST) -> set[str]:
-    """The modules an import statement names anywhere in ``tree``."""
+    """The modules an import statement (or an ``import_optional`` call) names anywhere in ``tree``."""
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "import_optional" and node.args:
+            names.add(node.args[0].value)  # the library's one seam for optional packages
     return names

@@ -246,15 +246,7 @@ def _check_arguments(
 
 def _read_your_sizes(model: nn.Module, config: Any, settings: loop.TrainingSettings) -> tuple[int, int]:
     """Your model's vocabulary and the sequence length both models train at."""
-    max_seq_len = config_size(config, "max_seq_len")
-    seq_len = settings.seq_len or max_seq_len
-    if seq_len is None:
-        raise ValueError("config has no max_seq_len (or n_positions/max_position_embeddings); add it or pass seq_len=")
-    if max_seq_len is not None and seq_len > max_seq_len:
-        raise ValueError(f"seq_len={seq_len} exceeds config max_seq_len={max_seq_len}; pass seq_len<={max_seq_len}")
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2 for next-token training, got {seq_len}")
-    vocab_size = detect_vocab_size(model, config, seq_len=min(8, seq_len))
+    vocab_size, seq_len, _ = loop.read_model_sizes(model, config, settings)  # the engine's own reading
     if vocab_size < ByteTokenizer.vocab_size:
         raise ValueError(
             f"your model's vocab_size is {vocab_size}, but the comparison trains on the built-in byte-level "

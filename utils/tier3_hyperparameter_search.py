@@ -46,6 +46,7 @@ import torch.nn as nn
 
 from utils.checks import check_bool, check_int, check_positive_int, check_positive_number, check_str, is_int, is_number
 from utils.model_helpers import count_parameters, resolve_device
+from utils.optional import import_optional
 from utils.progress import progress_bar
 from utils.training import loop
 from utils.training.plots import create_training_figure
@@ -227,13 +228,7 @@ test_hyperparameter_search.__test__ = False  # a library function, not a pytest 
 
 def import_optuna() -> types.ModuleType:
     """The ``optuna`` module, or an ImportError that says how to install it."""
-    try:
-        import optuna
-    except ImportError as err:
-        raise ImportError(
-            "test_hyperparameter_search needs the 'optuna' package; install it with `pip install optuna`"
-        ) from err
-    return optuna
+    return import_optional("optuna", "test_hyperparameter_search")
 
 
 # -- checks, before any trial ---------------------------------------------------

@@ -33,6 +33,7 @@ import torch.nn as nn
 from utils.checks import check_positive_int, check_positive_number
 from utils.model_family import detect_model_type as detect_model_type  # re-exported: it used to live here
 from utils.model_helpers import count_parameters, get_config_value, model_device, validate_model
+from utils.optional import import_optional
 from utils.records import environment_record, to_jsonable
 from utils.training.amp_utils import PRECISION_NAMES as PRECISION_NAMES  # derived from the one precision table
 
@@ -58,14 +59,7 @@ def import_wandb() -> Any:
     Raises:
         ImportError: if wandb is not installed.
     """
-    try:
-        import wandb
-    except ImportError as err:
-        raise ImportError(
-            "W&B logging needs the 'wandb' package; install it with `pip install wandb`, "
-            "or run without W&B logging (use_wandb=False)"
-        ) from err
-    return wandb
+    return import_optional("wandb", "W&B logging", alternative="or run without W&B logging (use_wandb=False)")
 
 
 def active_run() -> Any:

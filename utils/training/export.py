@@ -51,6 +51,7 @@ from utils.model_helpers import (
     random_input_ids,
     validate_model,
 )
+from utils.optional import import_optional
 from utils.records import environment_record, to_jsonable
 
 FORMAT_VERSION = 1  # of metadata.json and the folder layout
@@ -173,13 +174,8 @@ def load_exported_weights(model: nn.Module, export_dir: str | Path) -> nn.Module
 
 def import_safetensors() -> types.ModuleType:
     """The ``safetensors`` package with its ``torch`` module loaded, or an ImportError that says how to install it."""
-    try:
-        import safetensors.torch
-    except ImportError as err:
-        raise ImportError(
-            "exporting and loading weights needs the 'safetensors' package; install it with `pip install safetensors`"
-        ) from err
-    return safetensors
+    import_optional("safetensors.torch", "exporting and loading weights", package="safetensors")
+    return import_optional("safetensors", "exporting and loading weights")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -408,7 +408,7 @@ def build_parts(
     model.to(device)
     if weights is not None:
         model.load_state_dict(weights)
-    vocab_size, seq_len, pad_id = _read_model_sizes(model, config, settings)
+    vocab_size, seq_len, pad_id = read_model_sizes(model, config, settings)
     train_loader, val_loader, data_source = _build_loaders(
         train_data, val_data, settings, ctx, device, vocab_size, seq_len, pad_id
     )
@@ -599,8 +599,12 @@ def _compiled_forward(model: nn.Module, train_module: nn.Module, compile_options
     return make_forward_fn(model, call=compiled)
 
 
-def _read_model_sizes(model: nn.Module, config: Any, settings: TrainingSettings) -> tuple[int, int, int]:
-    """Vocabulary (config, else the output width), sequence length and padding id."""
+def read_model_sizes(model: nn.Module, config: Any, settings: TrainingSettings) -> tuple[int, int, int]:
+    """Vocabulary (config, else the output width), sequence length and padding id, checked against the config.
+
+    Raises:
+        ValueError: no sequence length, one over the config's ``max_seq_len``, or one under 2.
+    """
     max_seq_len = config_size(config, "max_seq_len")
     seq_len = settings.seq_len or max_seq_len
     if seq_len is None:

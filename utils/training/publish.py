@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from utils.checks import check_bool, check_path, check_positive_number, check_str
+from utils.optional import import_optional
 
 EXPORT_FILES = ("model.safetensors", "config.json", "metadata.json")
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -204,14 +205,9 @@ def import_huggingface_hub() -> Any:
     Raises:
         ImportError: if huggingface_hub is not installed.
     """
-    try:
-        import huggingface_hub
-    except ImportError as err:
-        raise ImportError(
-            "publishing to the Hub needs the 'huggingface_hub' package; install it with "
-            "`pip install huggingface_hub`, or pass dry_run=True to list what would be uploaded"
-        ) from err
-    return huggingface_hub
+    return import_optional(
+        "huggingface_hub", "publishing to the Hub", alternative="or pass dry_run=True to list what would be uploaded"
+    )
 
 
 def unreachable_reason(hub: Any, endpoint: str, timeout_s: float) -> str | None:

@@ -23,6 +23,7 @@ import html
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from utils.optional import import_optional
 from utils.ui.setup_wizard import WizardConfig
 from utils.ui.terminal import CHOICES, editable_fields, field_type, format_value, parse_answer, problem_field
 
@@ -53,7 +54,8 @@ def build_form(
         ``summary`` (HTML: the outcome and the model's problems), ``check_button``,
         ``apply_button`` and ``output`` (an Output that shows what ``on_apply`` prints).
     """
-    import ipywidgets as widgets  # imported here, so `import utils` and the terminal wizard never need it
+    # Imported here, so `import utils` and the terminal wizard never need it.
+    widgets = import_optional("ipywidgets", "the setup wizard's notebook form", alternative="or pass interactive=False")
 
     names = editable_fields()
     form = widgets.VBox()

@@ -1,4 +1,5 @@
-"""The main job, `python -m utils`, and `python -m utils train`: end to end, and their argument errors in-process."""
+"""The main job, `python -m utils`, and its subcommands (train, search, compare, wizard): end to end, and their
+argument errors in-process."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import io
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import torch
 
@@ -64,7 +68,11 @@ def test_main_job_end_to_end_writes_the_report(tmp_path):
     assert set(expected) <= names
     assert {"tier1.csv", "tier2.csv", "tier1_test_gradient_flow.png", "tier2_test_attention_patterns.png"} <= names
     assert "tier1_test_memory_footprint.csv" in names  # each check's own table, not only the summary
+    assert {"comparison.csv", "comparison.png"} <= names
     results = json.loads((out / "results.json").read_text())
+    comparison = results["comparison"]
+    assert comparison["status"] == "ok" and comparison["settings"]["train_steps"] == cli.QUICK.compare_steps
+    assert f"| comparison | verdict | {comparison['verdict']} |" in proc.stdout
     assert {row["status"] for row in results["tier1"] + results["tier2"]} <= {"pass", "warn"}
     fine = results["fine_tuning"]
     assert fine["optimizer_steps"] == 30
@@ -95,15 +103,17 @@ def test_main_job_under_torchrun_trains_with_ddp_and_rank_0_writes_one_report(tm
     assert fine["world_size"] == 2 and fine["optimizer_steps"] == 6
     assert set(results) == {"model", "version", "fine_tuning"}  # benchmark and tiers left out under torchrun
     assert proc.stdout.count("Report written to") == 1
-    assert "DDP fine-tuning only" in proc.stdout
+    assert "DDP fine-tuning only" in proc.stdout and "the baseline comparison" in proc.stdout
 
 
 def test_help_lists_the_documented_flags():
     proc = subprocess.run([sys.executable, "-m", "utils", "--help"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0
-    for flag in ("--model", "--device", "--precision", "--out", "--quick", "--compile", "--export"):
+    for flag in ("--model", "--device", "--precision", "--out", "--quick", "--compile", "--export", "--no-compare"):
         assert flag in proc.stdout
-    assert "python -m utils train --help" in proc.stdout  # the subcommand is findable from the main help
+    assert "python -m utils SUBCOMMAND --help" in proc.stdout  # the subcommands are findable from the main help
+    for subcommand in cli.SUBCOMMANDS:
+        assert f"\n  {subcommand} " in proc.stdout
 
 
 def _help_by_option(help_text: str) -> dict[str, str]:
@@ -150,6 +160,7 @@ def test_user_model_from_file(tmp_path, capsys):
             "--epochs",
             "1",
             "--no-benchmark",
+            "--no-compare",
             "--no-tiers",
             "--no-progress",
             "--out",
@@ -168,6 +179,7 @@ def test_user_model_from_file(tmp_path, capsys):
     assert results["fine_tuning"]["checkpoint_path"] is None
     assert "export" not in results["fine_tuning"]  # no --export, no export
     assert "export" not in (out / "summary.md").read_text()
+    assert "comparison" not in results and not (out / "comparison.csv").exists()  # --no-compare
 
 
 def test_user_model_class_gets_config_from_output_width(tmp_path):
@@ -176,6 +188,37 @@ def test_user_model_class_gets_config_from_output_width(tmp_path):
     model, config, label = cli.load_model(f"{model_file}:BagOfTokens", seq_len=16)
     assert config.vocab_size == 256 and config.max_seq_len == 16
     assert label == f"BagOfTokens from {model_file}"
+
+
+def test_seed_sets_the_initial_weights():
+    def weights(seed: str) -> dict[str, torch.Tensor]:
+        return cli.check_args(cli.build_parser().parse_args(["--seed", seed, "--out", "never"])).model.state_dict()
+
+    torch.testing.assert_close(weights("3"), weights("3"), rtol=0, atol=0)
+    assert not torch.equal(weights("3")["tok_emb.weight"], weights("4")["tok_emb.weight"])
+
+
+def test_main_job_report_holds_the_baseline_comparison(tmp_path):
+    (tmp_path / "user_model.py").write_text(USER_MODEL)
+    argv = [*_user_model_run(tmp_path), "--epochs", "1", "--no-progress"]
+    argv.remove("--no-compare")
+    code, stdout = _main_with_output([*argv, "--out", str(tmp_path / "report")])
+    assert code == 0
+    out = tmp_path / "report"
+    assert {"comparison.csv", "comparison.png"} <= {p.name for p in out.iterdir()}
+    results = json.loads((out / "results.json").read_text())
+    comparison = results["comparison"]
+    assert comparison["status"] == "ok" and comparison["baseline_description"]["name"] == "tiny_gpt"
+    assert comparison["settings"]["train_steps"] == cli.FULL.compare_steps  # the profile's short budget
+    assert (comparison["settings"]["batch_size"], comparison["settings"]["precision"]) == (2, "fp32")  # as fine-tuned
+    table = pd.read_csv(out / "comparison.csv").set_index("metric")
+    assert table.at["parameters", "yours"] == 8448  # BagOfTokens: 256 x 16 embedding, 16 -> 256 head
+    assert f"| comparison | verdict | {comparison['verdict']} |" in (out / "summary.md").read_text()
+    assert f"| comparison | verdict | {comparison['verdict']} |" in stdout
+    # The comparison trains a copy first; the fine-tuning after it is the same as without it.
+    code, _ = _main_with_output([*argv, "--no-compare", "--out", str(tmp_path / "without")])
+    alone = json.loads((tmp_path / "without" / "results.json").read_text())["fine_tuning"]
+    assert alone["loss_history"] == results["fine_tuning"]["loss_history"]
 
 
 BAD_MODELS = """
@@ -195,6 +238,10 @@ def not_a_model():
 
 def no_max_seq_len():
     return nn.Linear(4, 4), {"vocab_size": 4}
+
+
+def small_vocab():
+    return nn.Linear(4, 16), {"vocab_size": 16, "max_seq_len": 8}
 """
 
 HAS_PROC = Path("/proc/self").is_dir()  # mkdir under /proc fails even for root: an unwritable place on any Linux
@@ -244,6 +291,7 @@ BAD_ARGUMENTS = [
     _bad(["--model", "bad_models.py:not_a_model"], "--model", "not a torch.nn.Module; return the model"),
     _bad(["--model", "bad_models.py:NeedsWidth"], "--model", "missing 1 required positional argument: 'width'"),
     _bad(["--model", "bad_models.py:no_max_seq_len"], "--model", "no max_seq_len (or an alias of it); pass --seq-len"),
+    _bad(["--model", "bad_models.py:small_vocab"], "--model", "its vocabulary has 16 ids, but the jobs here train on"),
     _bad(["--model", "syntax_error.py:Net"], "--model", "SyntaxError"),
     _bad(["--model", "import_error.py:Net"], "--model", "No module named 'no_such_package_for_utils_tests'"),
     _bad(["--out", "afile"], "--out", "is a file; pass a folder path"),
@@ -286,8 +334,21 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("not a report")
     (tmp_path / "training_output" / "done").mkdir(parents=True)  # a run folder, without config.json
+    (tmp_path / "user_model.py").write_text(USER_MODEL)
+    (tmp_path / "notes.db").write_text("not a database")
+    _write_wizard_configs(tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def _write_wizard_configs(folder: Path) -> None:
+    """Settings files for `train --config`: a good one and some that are wrong in one way each."""
+    from utils.ui.setup_wizard import FORMAT_VERSION, WizardConfig
+
+    WizardConfig(seq_len=32, max_steps=2, device="cpu").save(folder / "good.json")
+    WizardConfig(seq_len=4096).save(folder / "long.json")
+    (folder / "bad_lr.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "learning_rate": -1.0}))
+    (folder / "typo.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "lr": 0.1}))
 
 
 def _tree(root: Path) -> dict[str, int]:
@@ -301,15 +362,15 @@ def _no_work(*args: Any, **kwargs: Any) -> None:
 
 def _assert_usage_error(argv: list[str], flag: str, fix: str, root: Path, monkeypatch, capsys) -> None:
     """``argv`` ends with argparse's usage error (exit 2) naming ``flag`` and ``fix``; nothing ran or was written."""
-    monkeypatch.setattr(cli, "_run_all", _no_work)
-    monkeypatch.setattr(cli, "_run_train", _no_work)
+    for runner in ("_run_all", "_run_train", "_run_search", "_run_compare", "_run_wizard"):
+        monkeypatch.setattr(cli, runner, _no_work)
     before = _tree(root)
     with pytest.raises(SystemExit) as exc:
-        cli.main([*argv, "--no-progress"])
+        cli.main([*argv] if argv[:1] == ["wizard"] else [*argv, "--no-progress"])  # the wizard shows no progress
     err = capsys.readouterr().err
     assert exc.value.code == 2
     message = err.strip().splitlines()[-1]
-    prog = "python -m utils train" if argv[:1] == ["train"] else "python -m utils"
+    prog = f"python -m utils {argv[0]}" if argv[:1] and argv[0] in cli.SUBCOMMANDS else "python -m utils"
     assert message.startswith(f"{prog}: error:"), err
     assert flag in message and fix in message, message
     assert _tree(root) == before
@@ -332,7 +393,7 @@ def test_a_gpu_index_the_machine_lacks_is_refused(workspace, monkeypatch, capsys
 def _user_model_run(root: Path, max_steps: int = 2) -> list[str]:
     """A short CPU run of USER_MODEL, with only the fine-tuning section."""
     model = ["--model", f"{root / 'user_model.py'}:build", "--device", "cpu", "--precision", "fp32"]
-    return [*model, "--max-steps", str(max_steps), "--batch-size", "2", "--no-benchmark", "--no-tiers"]
+    return [*model, "--max-steps", str(max_steps), "--batch-size", "2", "--no-benchmark", "--no-compare", "--no-tiers"]
 
 
 @pytest.fixture(scope="module")
@@ -554,6 +615,17 @@ TRAIN_BAD_ARGUMENTS = [
     _bad(["--device", "bogus"], "--device", "is not a device name"),
     _bad(["--precision", "fp8"], "--precision", "invalid choice"),
     _bad(["--model", "bad_models.py:Missing"], "--model", "defines no 'Missing'"),
+    _bad(["--config", "nofile.json"], "--config", "no file there; write one with python -m utils wizard --config-out"),
+    _bad(["--config", ""], "--config", "must be a file or folder path"),
+    _bad(["--config", "afile"], "--config afile", "is not a JSON wizard config"),
+    _bad(["--config", "typo.json"], "--config typo.json", "unknown key(s) ['lr'] (did you mean 'learning_rate'"),
+    _bad(["--config", "bad_lr.json"], "--config bad_lr.json", "learning_rate: must be a positive finite number"),
+    _bad(["--config", "long.json"], "--config long.json", "does not fit the model (built-in tiny GPT): seq_len: 4096"),
+    _bad(["--config", "good.json", "--lr", "0"], "--lr", "must be a positive finite number"),
+    _bad(["--config", "good.json", "--device", "bogus"], "--device", "is not a device name"),
+    _bad(["--config", "good.json", "--quick"], "--quick", "and --config sets its own; drop one of them"),
+    _bad(["--config", "good.json", "--resume", "--run-name", "done"], "--resume", "drop --config to resume"),
+    _bad(["--config", "good.json", "--run-name", "done"], "--run-name", "already exists"),
 ]
 
 
@@ -601,3 +673,334 @@ def test_train_resume_of_a_run_without_a_checkpoint_says_so(trained_run, tmp_pat
     (tmp_path / "user_model.py").write_text(USER_MODEL)
     argv = _train_argv(tmp_path, "--run-name", "first", "--resume", "--epochs", "2")
     _assert_usage_error(argv, "--resume", "has no checkpoint", tmp_path, monkeypatch, capsys)
+
+
+# -- python -m utils search -----------------------------------------------------
+
+SEARCH_BAD_ARGUMENTS = [
+    _bad(["--trials", "0"], "--trials", "must be a positive integer"),
+    _bad(["--trials", "-3"], "--trials", "must be a positive integer"),
+    _bad(["--trials", "many"], "--trials", "invalid int value"),
+    _bad(["--epochs", "0"], "--epochs", "must be a positive integer"),
+    _bad(["--max-steps-per-trial", "0"], "--max-steps-per-trial", "must be a positive integer"),
+    _bad(["--timeout", "0"], "--timeout", "must be a positive"),
+    _bad(["--timeout", "nan"], "--timeout", "must be a positive"),
+    _bad(["--pruner", "hyperband"], "--pruner", "invalid choice"),
+    _bad(["--storage", "sqlite:///s.db"], "--storage", "needs --study-name NAME too"),
+    _bad(["--study-name", "lr"], "--study-name", "pass --storage sqlite:///search.db too, or drop --study-name"),
+    _bad(["--storage", " ", "--study-name", "lr"], "--storage", "must be a database URL such as sqlite:///search.db"),
+    _bad(["--storage", "sqlite:///s.db", "--study-name", ""], "--study-name", "must not be empty"),
+    _bad(["--storage", "sqlite:///no/such/s.db", "--study-name", "lr"], "--storage", "cannot be opened"),
+    _bad(["--storage", "sqlite:///notes.db", "--study-name", "lr"], "--storage", "file is not a database"),
+    _bad(["--storage", "nosuchdb://x", "--study-name", "lr"], "--storage", "whose folder exists"),
+    _bad(["--storage", "postgresql://u:secret@localhost/db", "--study-name", "lr"], "--storage", "postgresql://u:***@"),
+    _bad(["--seq-len", "1"], "--seq-len", "must be at least 2"),
+    _bad(["--seed", str(2**64)], "--seed", "must be between"),
+    _bad(["--device", "bogus"], "--device", "is not a device name"),
+    _bad(["--model", "bad_models.py:Missing"], "--model", "defines no 'Missing'"),
+    _bad(["--model", "bad_models.py:small_vocab"], "--model", "its vocabulary has 16 ids"),
+    _bad(["--out", "afile"], "--out", "is a file; pass a folder path"),
+    _bad(["--out", "mine"], "--out", "already holds files; choose a new folder or pass --overwrite"),
+    _bad(["--out", ""], "--out", "must be a file or folder path"),
+]
+
+
+@pytest.mark.parametrize(("argv", "flag", "fix"), SEARCH_BAD_ARGUMENTS)
+def test_search_bad_arguments_fail_before_any_trial(argv, flag, fix, workspace, monkeypatch, capsys):
+    _assert_usage_error(["search", *argv], flag, fix, workspace, monkeypatch, capsys)
+    assert "secret" not in capsys.readouterr().err  # a storage password is never printed
+
+
+def test_search_refuses_a_stored_study_that_maximises(workspace, monkeypatch, capsys):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(storage="sqlite:///kept.db", study_name="up", direction="maximize")
+    argv = ["search", "--storage", "sqlite:///kept.db", "--study-name", "up"]
+    _assert_usage_error(argv, "--study-name 'up'", "maximises its objective", workspace, monkeypatch, capsys)
+
+
+def _search_argv(root: Path, *more: str) -> list[str]:
+    """`search` of USER_MODEL on the CPU: a few steps per trial."""
+    model = ["--model", f"{root / 'user_model.py'}:build", "--device", "cpu", "--precision", "fp32"]
+    return ["search", *model, "--epochs", "2", "--max-steps-per-trial", "4", "--no-progress", *more]
+
+
+def test_search_runs_real_trials_and_resumes_its_sqlite_study(tmp_path):
+    import optuna
+
+    (tmp_path / "user_model.py").write_text(USER_MODEL)
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    argv = _search_argv(tmp_path, "--storage", storage, "--study-name", "bag")
+    code, stdout = _main_with_output([*argv, "--trials", "3", "--out", str(tmp_path / "report")])
+    assert code == 0
+    out = tmp_path / "report"
+    assert {p.name for p in out.iterdir()} == {"trials.csv", "search.png", "results.json", "summary.md"}
+    trials = pd.read_csv(out / "trials.csv")
+    search = json.loads((out / "results.json").read_text())["search"]
+    completed = trials[trials["state"] == "COMPLETE"]
+    assert len(trials) == search["n_trials"] == 3
+    assert search["best_value"] == pytest.approx(completed["value"].min(), rel=1e-9)
+    assert (search["n_pruned"], search["n_failed"]) == ((trials["state"] == "PRUNED").sum(), 0)
+    counts = f"{len(completed)} completed, {search['n_pruned']} pruned, 0 failed"
+    assert f"| trials | 3: {counts} |" in stdout
+    assert f"| best val/loss | {search['best_value']:.4f} (trial {search['best_trial']}) |" in stdout
+    assert set(search["best_params"]) == {
+        "learning_rate",
+        "weight_decay",
+        "warmup_steps",
+        "batch_size",
+        "grad_clip",
+        "gradient_accumulation_steps",
+    }
+    assert all(f"| best {name} | " in stdout for name in search["best_params"])
+    # The same command with more trials resumes the kept study: one new trial, numbered after the others.
+    code, stdout = _main_with_output([*argv, "--trials", "4"])
+    assert code == 0
+    assert "3 finished trial(s) kept, 1 to run" in stdout
+    study = optuna.load_study(study_name="bag", storage=storage)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+
+
+NAN_MODEL = (
+    USER_MODEL
+    + '''
+
+class NaNBag(BagOfTokens):
+    """Logits that are all NaN: every trial's loss is NaN, so every trial fails."""
+
+    def forward(self, *, input_ids):
+        logits, _ = super().forward(input_ids=input_ids)
+        return logits * float("nan"), None
+
+
+def build_nan():
+    return NaNBag(), {"vocab_size": 256, "max_seq_len": 32}
+'''
+)
+
+
+@pytest.mark.filterwarnings("ignore:no trial of")
+@pytest.mark.filterwarnings("ignore:the model returned NaN or Inf logits")
+def test_search_exits_1_when_no_trial_completes(tmp_path, capsys):
+    (tmp_path / "user_model.py").write_text(NAN_MODEL)
+    argv = _search_argv(tmp_path, "--trials", "2")
+    argv[argv.index("--model") + 1] = f"{tmp_path / 'user_model.py'}:build_nan"
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert "| trials | 2: 0 completed, 0 pruned, 2 failed |" in captured.out
+    assert "| best val/loss | none completed |" in captured.out
+    assert "error: no trial completed, so there are no best settings; failure reasons: NonFiniteLossError: " in (
+        captured.err
+    )
+
+
+# -- python -m utils compare ------------------------------------------------------
+
+COMPARE_BAD_ARGUMENTS = [
+    _bad(["--steps", "0"], "--steps", "must be a positive integer"),
+    _bad(["--steps", "ten"], "--steps", "invalid int value"),
+    _bad(["--batch-size", "0"], "--batch-size", "must be a positive integer"),
+    _bad(["--lr", "-1"], "--lr", "must be a positive finite number"),
+    _bad(["--seq-len", "4096"], "--seq-len", "exceeds the model's max_seq_len 128"),
+    _bad(["--precision", "fp8"], "--precision", "invalid choice"),
+    _bad(["--model", "bad_models.py:small_vocab"], "--model", "build the model with vocab_size=256 or more"),
+    _bad(["--out", "mine"], "--out", "already holds files"),
+    _bad(["--epochs", "2"], "--epochs", "unrecognized arguments"),  # the step count is --steps
+]
+
+
+@pytest.mark.parametrize(("argv", "flag", "fix"), COMPARE_BAD_ARGUMENTS)
+def test_compare_bad_arguments_fail_before_any_training(argv, flag, fix, workspace, monkeypatch, capsys):
+    _assert_usage_error(["compare", *argv], flag, fix, workspace, monkeypatch, capsys)
+
+
+def test_compare_prints_the_table_and_the_verdict_and_writes_the_report(tmp_path):
+    (tmp_path / "user_model.py").write_text(USER_MODEL)
+    model = ["--model", f"{tmp_path / 'user_model.py'}:build", "--device", "cpu", "--precision", "fp32"]
+    out = tmp_path / "report"
+    argv = ["compare", *model, "--steps", "4", "--batch-size", "2", "--no-progress", "--out", str(out)]
+    code, stdout = _main_with_output(argv)
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"comparison.csv", "comparison.png", "results.json", "summary.md"}
+    comparison = json.loads((out / "results.json").read_text())["comparison"]
+    assert [line for line in stdout.splitlines() if line.startswith("verdict: ")] == [
+        f"verdict: {comparison['verdict']}"
+    ]
+    assert "| metric | yours | baseline | ratio | note |" in stdout
+    table = pd.read_csv(out / "comparison.csv").set_index("metric")
+    assert table.at["parameters", "yours"] == 8448
+    assert (comparison["settings"]["train_steps"], comparison["settings"]["batch_size"]) == (4, 2)
+    assert f"| verdict | {comparison['verdict']} |" in (out / "summary.md").read_text()
+
+
+# -- python -m utils wizard, and train --config ---------------------------------------
+
+WIZARD_BAD_ARGUMENTS = [
+    _bad(["--preset", "huge"], "--preset", "invalid choice"),
+    _bad(["--set", "n_epochs"], "--set", "must be FIELD=VALUE with FIELD one of: data_source"),
+    _bad(["--set", "epochs=2"], "--set", "must be FIELD=VALUE"),
+    _bad(["--set", "n_epochs=two"], "--set", "n_epochs: 'two' is not a whole number"),
+    _bad(["--set", "learning_rate=-1"], "--preset tiny with --set", "learning_rate: must be a positive finite number"),
+    _bad(["--model", "user_model.py:build"], "--preset tiny", "seq_len: 64 exceeds the model's max_seq_len=32"),
+    _bad(["--seq-len", "1"], "--seq-len", "must be at least 2"),
+    _bad(["--model", "bad_models.py:Missing"], "--model", "defines no 'Missing'"),
+    _bad(["--config-out", "mine"], "--config-out", "is a folder; pass a file path such as mine/wizard_config.json"),
+    _bad(["--config-out", "afile"], "--config-out", "already exists; pass --overwrite to replace it"),
+    _bad(["--config-out", ""], "--config-out", "must be a file or folder path"),
+    _bad(["--config-out", "afile/settings.json"], "--config-out", "is a file, so the folder cannot be made there"),
+]
+
+
+@pytest.mark.parametrize(("argv", "flag", "fix"), WIZARD_BAD_ARGUMENTS)
+def test_wizard_bad_arguments_fail_before_any_work(argv, flag, fix, workspace, monkeypatch, capsys):
+    _assert_usage_error(["wizard", *argv], flag, fix, workspace, monkeypatch, capsys)
+
+
+GIVE_UP_S = 300  # no run takes close to this: a guard against a hung child, not a timing check
+SMALL_WIZARD_RUN = ["--seq-len", "32", "--set", "max_steps=2", "--set", "warmup_steps=none", "--set", "device=cpu"]
+
+
+def _run_piped(root: Path, argv: list[str], stdin_text: str) -> subprocess.CompletedProcess:
+    """`python -m utils ARGV` in ``root`` with ``stdin_text`` piped in: a stdin that is not a terminal."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "utils", *argv],
+        cwd=root,
+        env=env,
+        input=stdin_text,
+        capture_output=True,
+        text=True,
+        timeout=GIVE_UP_S,
+    )
+
+
+@pytest.fixture(scope="module")
+def wizard_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The wizard on USER_MODEL with stdin piped (answers nobody asked for) and --config-out: the file it wrote."""
+    root = tmp_path_factory.mktemp("wizard")
+    (root / "user_model.py").write_text(USER_MODEL)
+    argv = ["wizard", "--model", f"{root / 'user_model.py'}:build", *SMALL_WIZARD_RUN, "--config-out", "wiz.json"]
+    proc = _run_piped(root, argv, "y\ny\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "wiz.json", proc
+
+
+def test_wizard_without_a_terminal_asks_nothing_and_writes_only_the_named_file(wizard_file):
+    path, proc = wizard_file
+    assert "setup wizard [5/5] summary: ready" in proc.stdout
+    assert "[y/N]" not in proc.stdout and "settings file [" not in proc.stdout  # no question was asked
+    assert "Settings written to wiz.json; to train with them: python -m utils train --config wiz.json" in proc.stdout
+    assert sorted(_tree(path.parent)) == ["user_model.py", "wiz.json"]  # and no training ran
+    saved = json.loads(path.read_text())
+    assert (saved["preset"], saved["seq_len"], saved["max_steps"], saved["warmup_steps"]) == ("tiny", 32, 2, None)
+
+
+def test_wizard_without_a_terminal_or_config_out_writes_nothing(tmp_path):
+    (tmp_path / "user_model.py").write_text(USER_MODEL)
+    argv = ["wizard", "--model", f"{tmp_path / 'user_model.py'}:build", *SMALL_WIZARD_RUN]
+    proc = _run_piped(tmp_path, argv, "y\n\ny\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "No settings file written (no terminal to ask in; pass --config-out FILE to write one)." in proc.stdout
+    assert "[y/N]" not in proc.stdout
+    assert list(_tree(tmp_path)) == ["user_model.py"]
+
+
+def test_train_with_the_file_the_wizard_wrote(wizard_file, tmp_path):
+    path, _ = wizard_file
+    model = ["--model", f"{path.parent / 'user_model.py'}:build"]
+    argv = ["train", "--config", str(path), *model, "--output-dir", str(tmp_path), "--run-name", "wiz"]
+    code, stdout = _main_with_output([*argv, "--lr", "0.002", "--no-progress"])  # a typed flag overrides the file
+    assert code == 0
+    assert f"settings from {path}" in stdout
+    settings = json.loads((tmp_path / "wiz" / "config.json").read_text())["settings"]
+    assert (settings["seq_len"], settings["max_steps"], settings["warmup_steps"]) == (32, 2, None)  # the file's
+    assert (settings["batch_size"], settings["max_corpus_bytes"]) == (8, 50_000)  # the tiny preset's, kept
+    assert settings["learning_rate"] == 0.002 and settings["device"] == "cpu"
+    assert json.loads((tmp_path / "wiz" / "results.json").read_text())["optimizer_steps"] == 2
+
+
+def test_questions_stop_at_the_end_of_input(monkeypatch):
+    def closed(prompt: str) -> str:
+        raise EOFError  # Ctrl-D, or a closed stdin
+
+    monkeypatch.setattr("builtins.input", closed)
+    assert cli._ask_config_path() is None  # no file
+    assert cli._ask_yes_no("start training now? [y/N]: ") is False  # no training
+
+
+def _converse(root: Path, argv: list[str], answers: dict[str, str]) -> tuple[str, int]:
+    """Run `python -m utils ARGV` under a pseudo-terminal and answer each question by what it asks (Enter when
+    ``answers`` has nothing for it); a question is a last line ``<what> [<default>]...: `` still waiting."""
+    leader, follower = os.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "utils", *argv], stdin=follower, stdout=follower, stderr=follower, cwd=root, env=env
+    )
+    os.close(follower)
+    transcript, answered_upto = "", 0
+    try:
+        while (chunk := _read_terminal(leader, child)) is not None:
+            transcript += chunk
+            question = re.search(r"(?:^|\n)([^\n\[]+?) \[[^\n]*\][^\n]*: $", transcript[answered_upto:])
+            if question:
+                os.write(leader, (answers.get(question.group(1), "") + "\n").encode())
+                answered_upto = len(transcript)
+        return transcript.replace("\r\n", "\n"), child.wait(timeout=GIVE_UP_S)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        os.close(leader)
+
+
+def _read_terminal(leader: int, child: subprocess.Popen) -> str | None:
+    """The child's next output, or None once it has closed the terminal."""
+    deadline = time.monotonic() + GIVE_UP_S
+    while time.monotonic() < deadline:
+        if select.select([leader], [], [], 0.5)[0]:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: every process holding the terminal has exited
+                return None
+            return data.decode(errors="replace") if data else None
+        if child.poll() is not None:
+            return None
+    raise AssertionError(f"nothing written for {GIVE_UP_S} s: waiting for input that cannot come")
+
+
+@pytest.mark.slow
+def test_wizard_in_a_terminal_asks_writes_the_file_and_starts_training(tmp_path):
+    (tmp_path / "user_model.py").write_text(USER_MODEL)
+    answers = {
+        "max_steps": "2",
+        "warmup_steps": "none",
+        "device": "cpu",
+        "run_name": "from-pty",
+        "settings file": "",  # Enter: the default file
+        "start training now?": "y",
+    }
+    argv = ["wizard", "--model", f"{tmp_path / 'user_model.py'}:build", "--seq-len", "32"]
+    transcript, code = _converse(tmp_path, argv, answers)
+    assert code == 0, transcript
+    assert "max_steps [none] (or none): " in transcript and "Checked: no problems." in transcript
+    assert "settings file [wizard_config.json] ('none': no file): " in transcript
+    assert "Settings written to wizard_config.json; to train with them: " in transcript
+    saved = json.loads((tmp_path / "wizard_config.json").read_text())
+    assert (saved["max_steps"], saved["run_name"], saved["device"]) == (2, "from-pty", "cpu")
+    run_dir = tmp_path / "training_output" / "from-pty"  # the training it started, with the file's settings
+    assert json.loads((run_dir / "results.json").read_text())["optimizer_steps"] == 2
+    assert "| run folder | training_output/from-pty |" in transcript
+
+
+@pytest.mark.parametrize("subcommand", ["search", "compare", "wizard"])
+def test_subcommand_help_states_each_default_once(subcommand, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([subcommand, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "(default: None)" not in " ".join(text.split())
+    by_option = _help_by_option(text)
+    assert {"--model", "--seq-len"} <= set(by_option)
+    for help_line in by_option.values():
+        assert help_line.count("default") <= 1, help_line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -54,3 +55,21 @@ def test_template_notebook_executes_without_errors(kernel_name, tmp_path):
     assert {p.name for p in (run_dir / "export").iterdir()} >= {"model.safetensors", "config.json", "README.md"}
     assert "parity: ok: " in text
     assert "the reloaded model's logits match the trained model's" in text
+    # Every figure shows as an image, the new sections' too (the library's Figures need %matplotlib inline).
+    images = {
+        marker: any("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
+        for cell in notebook.cells
+        for marker in ("test_fine_tuning(", "test_hyperparameter_search(", "test_benchmark_comparison(")
+        if marker in cell.source
+    }
+    assert images == dict.fromkeys(images, True) and len(images) == 3, images
+    # The wizard's settings fed a run, and were saved for `python -m utils train --config`.
+    settings_file = tmp_path / "training_output" / "wizard_config.json"
+    assert f"wizard settings in {settings_file}: from a terminal, python -m utils train --config" in text
+    assert re.search(r"wizard run: 20 steps, best val/loss \d+\.\d{3}", text), text
+    assert json.loads(settings_file.read_text())["max_steps"] == 20
+    assert (tmp_path / "training_output" / "notebook-wizard" / "checkpoints" / "best.pt").is_file()
+    # A short search, in memory, and the comparison with its verdict.
+    assert re.search(r"search: best val/loss \d+\.\d{3} with learning_rate=\S+, batch_size=[48]\n", text), text
+    assert re.search(r"search: 4 trials, \d pruned, 0 failed", text), text
+    assert re.search(r"comparison verdict: your model reaches val loss \d+\.\d\d vs the baseline's", text), text

@@ -1,19 +1,31 @@
-"""The main job: ``python -m utils``.
+"""The main job, ``python -m utils``, and its subcommands.
 
 With no arguments it trains the built-in tiny GPT on the Python standard
-library's source with mixed precision, runs the AMP speedup benchmark and
-the Tier 1 and Tier 2 checks, writes a report folder and prints a summary.
+library's source with mixed precision, runs the AMP speedup benchmark, the
+comparison with a standard GPT of the same size and the Tier 1 and Tier 2
+checks, writes a report folder and prints a summary.
 ``--model path/to/file.py:ClassName`` runs the same on your model.
 
 Under ``torchrun --nproc_per_node=N -m utils`` it trains with DDP on N
-processes and rank 0 writes the report; the AMP benchmark and the tiers,
-which are single-device measurements, are left out and the report says so.
-``--export DIR`` also exports the fine-tuned model there, checks that it
-reloads to the same logits, and puts the export and that check in the report.
+processes and rank 0 writes the report; the AMP benchmark, the comparison and
+the tiers, which are single-device measurements, are left out and the report
+says so. ``--export DIR`` also exports the fine-tuned model there, checks that
+it reloads to the same logits, and puts the export and that check in the report.
 
-``python -m utils train`` trains in a run folder through the training
-coordinator instead: it keeps the best epoch's weights, stops early, resumes
-a run by name and exports the model (see ``train_main``).
+The subcommands, each with ``--help``:
+
+- ``train`` trains in a run folder through the training coordinator: it keeps
+  the best epoch's weights, stops early, resumes a run by name, exports the
+  model, and takes its settings from a wizard's file with ``--config``
+  (see ``train_main``);
+- ``search`` searches the training settings with optuna (``search_main``);
+- ``compare`` compares the model with a standard GPT of the same size
+  (``compare_main``);
+- ``wizard`` walks the setup wizard in a terminal and writes its settings file
+  (``wizard_main``).
+
+Every subcommand checks all its flags before any work and writes nothing when
+one is wrong: a bad flag is a usage error (exit 2) that names it and the fix.
 """
 
 from __future__ import annotations
@@ -23,13 +35,14 @@ import contextlib
 import dataclasses
 import importlib.util
 import inspect
+import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -41,12 +54,18 @@ from utils.model_helpers import detect_vocab_size, get_config_value, resolve_dev
 from utils.models import tiny_gpt
 from utils.training import checkpoint, training_core
 from utils.training.amp_utils import resolve_precision
+from utils.training.data import ByteTokenizer, prepare_lm_data
 from utils.training.distributed import launched_rank, launched_world_size
 from utils.training.export import check_export_target, export_state_dict
+
+if TYPE_CHECKING:  # the wizard loads with the subcommands that use it, never with the main job
+    from utils.ui.setup_wizard import WizardConfig
 
 DEFAULT_SEQ_LEN = 128  # for a model file that brings no config
 # torch.manual_seed takes [-2**63, 2**64); the loop adds the rank and the epoch, so keep the top half free.
 SEED_RANGE = (-(2**63), 2**63 - 1)
+# What a check raises for a bad argument; each becomes a usage error (exit 2).
+USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError)
 
 
 @dataclass(frozen=True)
@@ -60,16 +79,34 @@ class RunProfile:
     max_corpus_bytes: int = 200_000
     max_val_batches: int = 20
     benchmark_steps: int = 40
+    # The baseline comparison: optimizer steps for each model, and held-out sequences it is scored on.
+    # A short budget, enough for both losses to fall well below chance on the built-in tiny GPT.
+    compare_steps: int = 60
+    compare_samples: int = 32
 
 
 FULL = RunProfile()
-QUICK = RunProfile(n_epochs=1, max_steps=30, max_corpus_bytes=40_000, max_val_batches=4, benchmark_steps=12)
+QUICK = RunProfile(
+    n_epochs=1,
+    max_steps=30,
+    max_corpus_bytes=40_000,
+    max_val_batches=4,
+    benchmark_steps=12,
+    compare_steps=12,
+    compare_samples=16,
+)
 # RunProfile field -> the flag that overrides it, and the check its value must pass.
 PROFILE_FLAGS = {
     "n_epochs": ("--epochs", check_positive_int),
     "max_steps": ("--max-steps", check_positive_int),
     "batch_size": ("--batch-size", check_positive_int),
     "learning_rate": ("--lr", check_positive_number),
+}
+PROFILE_HELP = {
+    "n_epochs": "training epochs",
+    "max_steps": "cap on optimizer steps",
+    "batch_size": "sequences per batch",
+    "learning_rate": "peak learning rate",
 }
 
 
@@ -84,13 +121,27 @@ class CheckedInputs:
     label: str
 
 
+@dataclass(frozen=True)
+class BuiltModel:
+    """The --model as the checks built it, and how to build it again (a search builds one per trial)."""
+
+    model: nn.Module
+    config: Any
+    label: str
+    build: Callable[[], tuple[nn.Module, Any]]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m utils`` parser; each help line states its default once, in its own words."""
     parser = argparse.ArgumentParser(
         prog="python -m utils",
         description="Check, train and benchmark a transformer: the built-in tiny GPT by default, or --model yours.",
-        epilog="subcommand:\n  train  train in a run folder: keep the best epoch, stop early, resume a run\n"
-        "         by name, export the model (python -m utils train --help)",
+        epilog="subcommands (python -m utils SUBCOMMAND --help):\n"
+        "  train    train in a run folder: keep the best epoch, stop early, resume a run\n"
+        "           by name, export the model; --config FILE takes a wizard's settings\n"
+        "  search   search the training settings with optuna (--trials N, --storage URL)\n"
+        "  compare  compare the model with a standard GPT of the same size\n"
+        "  wizard   choose the training settings in a terminal and write them to a file",
         formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the epilog's lines
     )
     parser.add_argument("--version", action="version", version=f"utils {__version__}")
@@ -102,20 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and hardware")
+    _add_model_option(group)
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    group.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="training precision; auto picks bf16/fp16 where the hardware has it (default: %(default)s)",
+    )
+    group.add_argument("--compile", action="store_true", help="train through torch.compile (the first steps compile)")
+
+
+def _add_model_option(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--model",
         metavar="FILE.py:NAME",
         help="your model: a class (built with no arguments, or with the file's `config`) or a function returning "
         "a model or (model, config) (default: the built-in tiny GPT)",
     )
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    group.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "fp16", "bf16"],
-        help="fine-tuning precision; auto picks bf16/fp16 where the hardware has it (default: %(default)s)",
-    )
-    group.add_argument("--compile", action="store_true", help="train through torch.compile (the first steps compile)")
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -130,20 +185,27 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 def _add_budget_options(group: argparse._ArgumentGroup) -> None:
     """The flags the main job and ``train`` share: how long, how big a batch, how fast, which seed."""
     group.add_argument("--quick", action="store_true", help="a short run (~30 s on a laptop CPU) to check the wiring")
-    for flag, kind, text in (
-        ("--epochs", int, f"training epochs (default: {_profile_default('n_epochs')})"),
-        ("--max-steps", int, f"cap on optimizer steps (default: {_profile_default('max_steps')})"),
-        ("--batch-size", int, f"sequences per batch (default: {_profile_default('batch_size')})"),
-        ("--lr", float, f"peak learning rate (default: {_profile_default('learning_rate')})"),
-    ):
+    _add_profile_flags(group, tuple(PROFILE_FLAGS))
+    _add_seq_len_option(group)
+    _add_seed_option(group)
+
+
+def _add_profile_flags(group: argparse._ArgumentGroup, fields: tuple[str, ...]) -> None:
+    """The flags that override these ``RunProfile`` fields, each with the profile's default in its help."""
+    for field in fields:
+        flag, check = PROFILE_FLAGS[field]
+        kind = float if check is check_positive_number else int
+        text = f"{PROFILE_HELP[field]} (default: {_profile_default(field)})"
         group.add_argument(flag, type=kind, metavar="N" if kind is int else "LR", help=text)
-    group.add_argument(
-        "--seq-len",
-        type=int,
-        metavar="N",
-        help="tokens per sequence, at least 2 (default: the model's max_seq_len, "
-        f"or {DEFAULT_SEQ_LEN} for a model file without a config)",
-    )
+
+
+def _add_seq_len_option(group: argparse._ArgumentGroup, default: str | None = None) -> None:
+    """--seq-len; ``default`` says what it is when not given (default: the model's max_seq_len)."""
+    default = default or f"the model's max_seq_len, or {DEFAULT_SEQ_LEN} for a model file without a config"
+    group.add_argument("--seq-len", type=int, metavar="N", help=f"tokens per sequence, at least 2 (default: {default})")
+
+
+def _add_seed_option(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--seed", type=int, default=0, metavar="N", help="seed for weights, data and dropout (default: %(default)s)"
     )
@@ -152,6 +214,9 @@ def _add_budget_options(group: argparse._ArgumentGroup) -> None:
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("what runs and where it goes")
     group.add_argument("--no-benchmark", action="store_true", help="skip the FP32 vs AMP benchmark")
+    group.add_argument(
+        "--no-compare", action="store_true", help="skip the comparison with a standard GPT of the same size"
+    )
     group.add_argument("--no-tiers", action="store_true", help="skip the Tier 1 and Tier 2 checks")
     group.add_argument("--out", metavar="DIR", help="report folder (default: reports/run-<time>)")
     group.add_argument(
@@ -166,6 +231,23 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
         help="replace an earlier report in --out (and an earlier export in --export)",
     )
     group.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without an API key)")
+    _add_progress_option(group)
+
+
+def _add_report_options(parser: argparse.ArgumentParser) -> None:
+    """--out, --overwrite and --no-progress for a subcommand whose report folder is optional."""
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "--out",
+        metavar="DIR",
+        help="also write a report folder there: CSV table, figure, results.json and summary.md "
+        "(default: print the summary only)",
+    )
+    group.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
+    _add_progress_option(group)
+
+
+def _add_progress_option(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -177,7 +259,7 @@ def _profile_default(field: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the main job, or ``train`` when that comes first; a bad argument is a usage error (exit 2) before any work.
+    """Run the main job, or the subcommand that comes first; a bad argument is a usage error (exit 2) before any work.
 
     Returns:
         0, or 1 when ``--export`` wrote an export that failed its reload check.
@@ -185,17 +267,25 @@ def main(argv: list[str] | None = None) -> int:
     Example:
         >>> main(["--quick", "--out", "reports/try"])
         >>> main(["train", "--quick", "--run-name", "try", "--export", "exports/try"])
+        >>> main(["search", "--trials", "20", "--storage", "sqlite:///search.db", "--study-name", "lr"])
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:
-        return train_main(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     parser = build_parser()
+    args, inputs = _parse_and_check(parser, argv, check_args)
+    return _run_job(args, inputs)
+
+
+def _parse_and_check(
+    parser: argparse.ArgumentParser, argv: list[str], check: Callable[[argparse.Namespace], Any]
+) -> tuple[argparse.Namespace, Any]:
+    """Parse ``argv`` and run ``check`` on it; a bad argument ends in argparse's usage error (exit 2)."""
     args = parser.parse_args(argv)
     try:
-        inputs = check_args(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        return args, check(args)
+    except USAGE_ERRORS as err:
         parser.error(str(err))
-    return _run_job(args, inputs)
 
 
 def check_args(args: argparse.Namespace) -> CheckedInputs:
@@ -207,13 +297,10 @@ def check_args(args: argparse.Namespace) -> CheckedInputs:
     profile = _profile_from_args(args)
     _check_seq_len_and_seed(args.seq_len, args.seed)
     out = _check_paths(args)
-    device = _resolve_device(args.device)
-    with _naming("--precision"):
-        resolve_precision(args.precision, use_amp=args.precision == "auto", device=device)
-    model, config, label = load_model(args.model, args.seq_len)
-    _check_seq_len_fits(args.seq_len, config, args.model)
-    _check_resume(args.resume, model, profile.n_epochs)
-    return CheckedInputs(profile, out, model, config, label)
+    _check_hardware(args)
+    built = _check_model(args)
+    _check_resume(args.resume, built.model, profile.n_epochs)
+    return CheckedInputs(profile, out, built.model, built.config, built.label)
 
 
 def _run_job(args: argparse.Namespace, inputs: CheckedInputs) -> int:
@@ -223,11 +310,11 @@ def _run_job(args: argparse.Namespace, inputs: CheckedInputs) -> int:
     say(f"utils {__version__}: {inputs.label}, device={args.device}, precision={args.precision}", flush=True)
     if world_size > 1:
         say(
-            f"torchrun with {world_size} processes: DDP fine-tuning only; the AMP benchmark and the "
-            "Tier 1/2 checks are single-device measurements, run them without torchrun",
+            f"torchrun with {world_size} processes: DDP fine-tuning only; the AMP benchmark, the baseline "
+            "comparison and the Tier 1/2 checks are single-device measurements, run them without torchrun",
             flush=True,
         )
-        args.no_benchmark = args.no_tiers = True
+        args.no_benchmark = args.no_compare = args.no_tiers = True
     sections = _run_all(inputs.model, inputs.config, args, inputs.profile)
     if not is_main:
         return 0  # rank 0 writes the report
@@ -254,23 +341,60 @@ def _profile_from_args(args: argparse.Namespace) -> RunProfile:
     """The --quick or full profile, with each given flag checked and applied."""
     given = {}
     for field, (flag, check) in PROFILE_FLAGS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
+        value = getattr(args, flag[2:].replace("-", "_"), None)  # a subcommand may have only some of the flags
         if value is not None:
             check(value, flag)
             given[field] = value
-    return dataclasses.replace(QUICK if args.quick else FULL, **given)
+    return dataclasses.replace(QUICK if getattr(args, "quick", False) else FULL, **given)
 
 
 def _check_seq_len_and_seed(seq_len: int | None, seed: int) -> None:
     """--seq-len needs a token and the next one to predict; --seed must fit torch's generator."""
-    if seq_len is not None:
-        check_positive_int(seq_len, "--seq-len")
-        if seq_len < 2:
-            raise ValueError(f"--seq-len must be at least 2 (a token and the next one to predict), got {seq_len}")
+    _check_seq_len(seq_len)
     check_int(seed, "--seed")
     low, high = SEED_RANGE
     if not low <= seed <= high:
         raise ValueError(f"--seed must be between {low} and {high}, got {seed}")
+
+
+def _check_seq_len(seq_len: int | None) -> None:
+    if seq_len is not None:
+        check_positive_int(seq_len, "--seq-len")
+        if seq_len < 2:
+            raise ValueError(f"--seq-len must be at least 2 (a token and the next one to predict), got {seq_len}")
+
+
+def _check_hardware(args: argparse.Namespace) -> None:
+    """--device must name a device this machine has, and --precision must run on it."""
+    device = _resolve_device(args.device)
+    with _naming("--precision"):
+        resolve_precision(args.precision, use_amp=args.precision == "auto", device=device)
+
+
+def _check_model(args: argparse.Namespace, wizard_config: WizardConfig | None = None) -> BuiltModel:
+    """Build the --model (every subcommand has the flag), and check --seq-len, its vocabulary and --config on it."""
+    build, label = model_builder(args.model)
+    with torch.random.fork_rng(devices=[]):  # --seed sets the initial weights; the caller's random stream stays
+        torch.manual_seed(getattr(args, "seed", 0))
+        model, config = _build_model(build, args.model, args.seq_len)
+    if wizard_config is not None:  # the file's settings on this model: seq_len, vocabulary, memory
+        problems = wizard_config.validate(model, config)
+        if problems:
+            raise ValueError(f"--config {args.config} does not fit the model ({label}): {'; '.join(problems)}")
+    _check_seq_len_fits(args.seq_len, config, args.model)
+    _check_text_vocab(model, config, args.model)
+    return BuiltModel(model, config, label, build)
+
+
+def _check_text_vocab(model: nn.Module, config: Any, spec: str | None) -> None:
+    """Every job here trains on text read as UTF-8 bytes: the model needs an id for each of the 256 bytes."""
+    with _naming(f"--model {spec!r}", (Exception,)):  # it may run the user's forward to find the output width
+        vocab_size = detect_vocab_size(model, config)
+    if vocab_size < ByteTokenizer.vocab_size:
+        raise ValueError(
+            f"--model {spec!r}: its vocabulary has {vocab_size} ids, but the jobs here train on text read as "
+            f"bytes, which needs {ByteTokenizer.vocab_size}; build the model with vocab_size=256 or more"
+        )
 
 
 def _check_paths(args: argparse.Namespace) -> Path:
@@ -352,21 +476,43 @@ def load_model(spec: str | None, seq_len: int | None = None) -> tuple[nn.Module,
         ValueError, FileNotFoundError: naming ``--model``; errors the user's
             code raises while importing or building the model come back as a ValueError.
     """
+    build, label = model_builder(spec)
+    model, config = _build_model(build, spec, seq_len)
+    return model, config, label
+
+
+def _build_model(
+    build: Callable[[], tuple[nn.Module, Any]], spec: str | None, seq_len: int | None
+) -> tuple[nn.Module, Any]:
+    """Call ``build``; a model file without a config gets one made from the model."""
+    with _naming(f"--model {spec!r}", (Exception,)):  # the user's code may raise anything; say where it came from
+        model, config = build()
+        if config is None:
+            config = SimpleNamespace(max_seq_len=seq_len or DEFAULT_SEQ_LEN)
+            config.vocab_size = detect_vocab_size(model, config)
+    return model, config
+
+
+def model_builder(spec: str | None) -> tuple[Callable[[], tuple[nn.Module, Any]], str]:
+    """A function that builds a new ``(model, config or None)`` at each call, and the model's label.
+
+    The file is imported once, here; each call then builds a fresh model from it, as a
+    hyperparameter search needs for every trial.
+
+    Example:
+        >>> build, label = model_builder("my_model.py:MyTransformer")
+        >>> model, config = build()
+    """
     if spec is None:
-        model, config = tiny_gpt()
-        return model, config, "built-in tiny GPT"
+        return tiny_gpt, "built-in tiny GPT"
     path, name = _parse_model_spec(spec)
     flag = f"--model {spec!r}"
     with _naming(flag, (Exception,)):  # the user's code may raise anything; say where it came from
         module = _import_file(path)
     if not hasattr(module, name):
         raise ValueError(f"{flag}: {path} defines no {name!r}; its classes and functions are {_defined(module)}")
-    with _naming(flag, (Exception,)):
-        model, config = _instantiate(getattr(module, name), module, flag)
-        if config is None:
-            config = SimpleNamespace(max_seq_len=seq_len or DEFAULT_SEQ_LEN)
-            config.vocab_size = detect_vocab_size(model, config)
-    return model, config, f"{name} from {path}"
+    obj = getattr(module, name)
+    return (lambda: _instantiate(obj, module, flag)), f"{name} from {path}"
 
 
 def _parse_model_spec(spec: str) -> tuple[Path, str]:
@@ -436,9 +582,14 @@ def _check_resume(resume: str | None, model: nn.Module, n_epochs: int) -> None:
 
 def _run_all(model: nn.Module, config: Any, args: argparse.Namespace, profile: RunProfile) -> dict[str, dict]:
     """Run each section; each returns {'results': ..., 'figures': ..., 'tables': ..., 'summary': [...]}."""
+    # The comparison runs first: it trains a copy of the model as built, so both designs start from scratch
+    # (fine-tuning then trains the model itself). Its section follows the benchmark's in the report.
+    comparison = None if args.no_compare else _run_comparison(model, config, args, profile)
     sections = {"fine_tuning": _run_fine_tuning(model, config, args, profile)}
     if not args.no_benchmark:
         sections["amp_benchmark"] = _run_benchmark(model, config, args, profile)
+    if comparison is not None:
+        sections["comparison"] = comparison
     if not args.no_tiers:
         sections.update(_run_tiers(model, config, args))
     return sections
@@ -550,6 +701,87 @@ def _run_benchmark(model: nn.Module, config: Any, args: argparse.Namespace, prof
     }
 
 
+def _run_comparison(model: nn.Module, config: Any, args: argparse.Namespace, profile: RunProfile) -> dict:
+    """The baseline comparison on the profile's short budget, trained as the fine-tuning is (batch, lr, precision).
+
+    A model it cannot take (a module that cannot be deep-copied, say: its errors come before any
+    training) gets a section that says why, and the other sections still run.
+    """
+    from utils.tier3_benchmark_comparison import test_benchmark_comparison
+
+    try:
+        c = test_benchmark_comparison(
+            model, config, **_comparison_options(config, args, profile, profile.compare_steps, profile.compare_samples)
+        )
+    except (TypeError, ValueError) as err:
+        reason = f"not run: {err}"
+        print(f"baseline comparison {reason}; pass --no-compare to leave it out", file=sys.stderr)
+        return {
+            "results": {"status": "error", "reason": str(err)},
+            "figures": {},
+            "tables": {},
+            "summary": [("status", reason)],
+        }
+    return _comparison_section(c)
+
+
+def _comparison_options(
+    config: Any, args: argparse.Namespace, profile: RunProfile, steps: int, samples: int
+) -> dict[str, Any]:
+    """``test_benchmark_comparison`` keywords: the flags, the profile's batch and data, and ``steps`` per model."""
+    seq_len = args.seq_len or get_config_value(config, "max_seq_len")
+    return dict(
+        n_samples=min(samples, _held_out_sequences(seq_len, profile.max_corpus_bytes)),
+        train_steps=steps,
+        precision=args.precision,
+        use_amp=args.precision == "auto",  # auto means mixed precision where the hardware has it, as in fine-tuning
+        device=args.device,
+        seed=args.seed,
+        progress=not args.no_progress,
+        learning_rate=profile.learning_rate,
+        batch_size=profile.batch_size,
+        seq_len=args.seq_len,
+        max_corpus_bytes=profile.max_corpus_bytes,
+        compile=args.compile,
+    )
+
+
+def _held_out_sequences(seq_len: int, max_corpus_bytes: int) -> int:
+    """Sequences of ``seq_len`` in the built-in corpus's held-out tail: the comparison can score no more."""
+    data = prepare_lm_data(
+        None, None, vocab_size=ByteTokenizer.vocab_size, seq_len=seq_len, max_corpus_bytes=max_corpus_bytes
+    )
+    return len(data.val)
+
+
+def _comparison_section(c: dict[str, Any]) -> dict[str, Any]:
+    """A report section from ``test_benchmark_comparison``'s results: the table, the figure and the verdict."""
+    keep = ("status", "verdict", "judgement", "baseline_description", "loss_comparable", "loss_note", "notes")
+    results = {k: c[k] for k in keep} | {"settings": c["settings"], "reason": c.get("reason")}
+    if c["status"] != "ok":
+        return {"results": results, "figures": {}, "tables": {}, "summary": [("status", c["verdict"])]}
+    base = c["baseline_description"]
+    shape = f"{base['d_model']} wide x {base['n_layers']} layers, " if "d_model" in base else ""
+    summary = c["summary"].set_index("metric")
+    return {
+        "results": results | {"summary": c["summary"].to_dict("records")},
+        "figures": {"comparison": c["figure"]},
+        "tables": {"comparison": c["summary"]},
+        "summary": [
+            ("baseline", f"{base['name']} ({shape}{base['parameters']:,} parameters)"),
+            ("steps per model", c["settings"]["train_steps"]),
+            ("val loss (yours / baseline)", _pair(summary, "val loss", "{:.3f}")),
+            ("accuracy (yours / baseline)", _pair(summary, "next-token accuracy", "{:.3f}")),
+            ("verdict", c["verdict"]),
+        ],
+    }
+
+
+def _pair(summary: Any, metric: str, spec: str) -> str:
+    """'yours / baseline' for one metric of the comparison's table; 'n/a' where it was not compared."""
+    return " / ".join(_format(summary.at[metric, side], spec) for side in ("yours", "baseline"))
+
+
 def _run_tiers(model: nn.Module, config: Any, args: argparse.Namespace) -> dict[str, dict]:
     """Tier 1 and Tier 2 checks: summary tables, each check's own table, and its plots."""
     from utils import test_functions
@@ -627,6 +859,19 @@ def _exit_status(record: dict[str, Any] | None) -> int:
 
 # -- python -m utils train ------------------------------------------------------
 
+# train --config FILE: the flags that override a setting of the file, as dest -> WizardConfig field.
+CONFIG_FLAGS = {
+    "epochs": "n_epochs",
+    "max_steps": "max_steps",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "seq_len": "seq_len",
+    "seed": "seed",
+    "device": "device",
+    "precision": "precision",
+    "run_name": "run_name",
+    "early_stopping": "early_stopping_patience",
+}
 # Flags that set what a run computes -> the config.json entry they must match on --resume:
 # resume_training continues a run with its own settings, so a different value would be ignored.
 RESUME_KEPT = {
@@ -661,10 +906,18 @@ def build_train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m utils train",
         description="Train in a run folder (checkpoints, metrics.csv, config.json): keep the best epoch's weights, "
-        "stop early, resume a run by name, and export the model with a reload check.",
+        "stop early, resume a run by name, and export the model with a reload check. --config FILE trains with "
+        "the settings the wizard wrote (python -m utils wizard).",
     )
     _add_model_options(parser)
-    _add_budget_options(parser.add_argument_group("training"))
+    group = parser.add_argument_group("training")
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        help="train with the settings in this wizard file; a flag typed beside it overrides the file's value "
+        f"({', '.join('--' + dest.replace('_', '-') for dest in CONFIG_FLAGS)}); not with --quick or --resume",
+    )
+    _add_budget_options(group)
     _add_run_options(parser)
     return parser
 
@@ -717,11 +970,7 @@ def train_main(argv: list[str]) -> int:
         >>> train_main(["--run-name", "try", "--resume", "--epochs", "5"])
     """
     parser = build_train_parser()
-    args = parser.parse_args(argv)
-    try:
-        plan = check_train_args(args, _typed_options(parser, argv))
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
-        parser.error(str(err))
+    args, plan = _parse_and_check(parser, argv, lambda args: check_train_args(args, _typed_options(parser, argv)))
     return _run_train(args, plan)
 
 
@@ -742,22 +991,57 @@ def check_train_args(args: argparse.Namespace, typed: set[str]) -> TrainPlan:
     _check_seq_len_and_seed(args.seq_len, args.seed)
     if args.early_stopping is not None:
         check_positive_int(args.early_stopping, "--early-stopping")
-    if launched_world_size() > 1:
-        raise ValueError("train runs on one process; for DDP run the main job under torchrun (python -m utils)")
+    _check_hardware(args)  # the typed (or default) --device and --precision; the file's are checked with it
+    wizard_config = _read_train_config(args, typed) if args.config is not None else None
+    _check_single_process("train", "for DDP run the main job under torchrun (python -m utils)")
     output_dir = _check_output_dir(args.output_dir)
     run_dir = _check_run_name(args, output_dir)
     export_dir = _check_train_export(args, run_dir or output_dir)
-    device = _resolve_device(args.device)
-    with _naming("--precision"):
-        resolve_precision(args.precision, use_amp=args.precision == "auto", device=device)
-    model, config, label = load_model(args.model, args.seq_len)
-    _check_seq_len_fits(args.seq_len, config, args.model)
+    built = _check_model(args, wizard_config)
     if args.resume:
-        _check_resumable(run_dir, args, typed, model)
+        _check_resumable(run_dir, args, typed, built.model)
     coordinator = training_core.TrainingCoordinator(
         output_dir, args.precision, args.device, args.wandb, progress=not args.no_progress
     )
-    return TrainPlan(coordinator, model, config, label, run_dir, export_dir, _train_options(args, profile))
+    if wizard_config is None:
+        options = _train_options(args, profile)
+    else:
+        options = {**wizard_config.to_train_kwargs(), "compile": args.compile, "overwrite": args.overwrite}
+    return TrainPlan(coordinator, built.model, built.config, built.label, run_dir, export_dir, options)
+
+
+def _check_single_process(subcommand: str, instead: str) -> None:
+    if launched_world_size() > 1:
+        raise ValueError(f"{subcommand} runs on one process; {instead}")
+
+
+def _read_train_config(args: argparse.Namespace, typed: set[str]) -> WizardConfig:
+    """Read --config FILE, put the typed flags over it, check it, and make its settings the flags' values.
+
+    The checks that follow (run name, device, precision, the model) then see the settings the run will use.
+    """
+    from utils.ui.setup_wizard import WizardConfig
+
+    if "quick" in typed:
+        raise ValueError("--quick sets a run's budget, and --config sets its own; drop one of them")
+    if "resume" in typed:
+        raise ValueError(
+            "--resume continues a run with the settings in its own config.json, not --config's; "
+            "drop --config to resume, or drop --resume to start a new run with the file"
+        )
+    path = args.config
+    check_path(path, "--config")
+    if not Path(path).is_file():
+        raise ValueError(f"--config {path}: no file there; write one with python -m utils wizard --config-out {path}")
+    overrides = {field: getattr(args, dest) for dest, field in CONFIG_FLAGS.items() if dest in typed}
+    with _naming(f"--config {path}"):
+        wizard_config = WizardConfig.load(path).replace(**overrides)
+    problems = wizard_config.validate()
+    if problems:
+        raise ValueError(f"--config {path}: {'; '.join(problems)}; fix the file, or override the setting with its flag")
+    for dest, field in CONFIG_FLAGS.items():
+        setattr(args, dest, getattr(wizard_config, field))
+    return wizard_config
 
 
 def _check_output_dir(output_dir: str) -> Path:
@@ -867,6 +1151,7 @@ def _train_options(args: argparse.Namespace, profile: RunProfile) -> dict[str, A
 def _run_train(args: argparse.Namespace, plan: TrainPlan) -> int:
     """Train (or resume), export when asked, and print the summary table."""
     how = f"resuming {plan.run_dir}" if args.resume else f"device={args.device}, precision={args.precision}"
+    how += f", settings from {args.config}" if args.config is not None else ""
     print(f"utils {__version__} train: {plan.label}, {how}", flush=True)
     if args.resume:
         results = plan.coordinator.resume_training(
@@ -892,3 +1177,551 @@ def _train_summary(results: dict[str, Any], record: dict[str, Any] | None) -> li
         ("stopped early", "yes" if results["stopped_early"] else "no"),
         *_export_rows(record),
     ]
+
+
+# -- reports of the subcommands ------------------------------------------------------
+
+
+def _check_optional_out(out: str | None, overwrite: bool) -> Path | None:
+    """--out of a subcommand whose report folder is optional: None, or a folder that can receive a report."""
+    if out is None:
+        return None
+    check_path(out, "--out")  # an empty path would silently mean the current folder
+    report.check_report_folder(Path(out), overwrite)
+    return Path(out)
+
+
+def _print_rows(rows: list[tuple[str, Any]]) -> None:
+    print()
+    print(report.markdown_table([{"metric": metric, "value": value} for metric, value in rows], ["metric", "value"]))
+
+
+def _write_section_report(out: Path | None, title: str, label: str, section: dict, overwrite: bool) -> None:
+    """Write one section (results, figures, tables, summary rows) as a report folder, when --out asks for one."""
+    if out is None:
+        return
+    rows = [{"metric": metric, "value": value} for metric, value in section["summary"]]
+    folder = report.write_report(
+        out,
+        figures=section["figures"],
+        tables=section["tables"],
+        results={"model": label, "version": __version__, **section["results"]},
+        summary_md=f"# {title}: {label}\n\n" + report.markdown_table(rows, ["metric", "value"]),
+        overwrite=overwrite,
+    )
+    print(f"Report written to {folder}")
+
+
+# -- python -m utils search -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """What the ``search`` checks built before any work."""
+
+    built: BuiltModel
+    storage: Any  # an opened optuna storage, or None: the study lives in memory
+    n_done: int  # finished trials the stored study already holds
+    out: Path | None
+
+
+def build_search_parser() -> argparse.ArgumentParser:
+    """The ``python -m utils search`` parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m utils search",
+        description="Search the training settings (learning rate, weight decay, warm-up, batch size, clipping, "
+        "accumulation) with optuna: each trial trains a new model on the built-in corpus and is scored by its "
+        "validation loss; a poor trial is pruned after an epoch. --storage keeps the study, to resume it.",
+    )
+    _add_model_options(parser)
+    group = parser.add_argument_group("the search")
+    for flag, default, text in (
+        ("--trials", 10, "trials the study holds at the end, counting those --storage already keeps"),
+        ("--epochs", 3, "epochs per trial; the pruner judges each epoch's validation loss"),
+        ("--max-steps-per-trial", 200, "cap on one trial's optimizer steps"),
+    ):
+        group.add_argument(flag, type=int, default=default, metavar="N", help=f"{text} (default: %(default)s)")
+    group.add_argument(
+        "--pruner",
+        choices=["median", "none"],
+        default="median",
+        help="median stops a trial whose validation loss is worse than the median of earlier trials at the "
+        "same epoch (default: %(default)s)",
+    )
+    group.add_argument(
+        "--timeout", type=float, metavar="S", help="start no new trial after S seconds (default: no limit)"
+    )
+    _add_seq_len_option(group)
+    _add_seed_option(group)
+    group = parser.add_argument_group("keeping the study")
+    group.add_argument(
+        "--storage",
+        metavar="URL",
+        help="an optuna storage such as sqlite:///search.db: the study is kept there, and the same command "
+        "resumes it after a crash (default: in memory)",
+    )
+    group.add_argument("--study-name", metavar="NAME", help="the study's name in --storage (needed with it)")
+    _add_report_options(parser)
+    return parser
+
+
+def search_main(argv: list[str]) -> int:
+    """``python -m utils search``: run an optuna search and print the best settings; bad flags are usage errors.
+
+    Returns:
+        0, or 1 when no trial completed (each one failed or was pruned).
+
+    Example:
+        >>> search_main(["--trials", "20", "--storage", "sqlite:///search.db", "--study-name", "tiny-gpt"])
+    """
+    parser = build_search_parser()
+    args, job = _parse_and_check(parser, argv, check_search_args)
+    return _run_search(args, job)
+
+
+def check_search_args(args: argparse.Namespace) -> SearchJob:
+    """Check every ``search`` flag and build the model; the storage is opened last, as it may create its file.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError, ImportError: naming the flag and the fix.
+    """
+    for flag, value in (
+        ("--trials", args.trials),
+        ("--epochs", args.epochs),
+        ("--max-steps-per-trial", args.max_steps_per_trial),
+    ):
+        check_positive_int(value, flag)
+    check_positive_number(args.timeout, "--timeout", allow_none=True)
+    _check_seq_len_and_seed(args.seq_len, args.seed)
+    _check_study_flags(args.storage, args.study_name)
+    out = _check_optional_out(args.out, args.overwrite)
+    _check_single_process("search", "run it without torchrun")
+    _check_hardware(args)
+    built = _check_model(args)
+    storage, n_done = _open_storage(args.storage, args.study_name) if args.storage is not None else (None, 0)
+    return SearchJob(built, storage, n_done, out)
+
+
+def _check_study_flags(storage: str | None, study_name: str | None) -> None:
+    """--storage and --study-name go together: a kept study is found again by its name."""
+    if storage is not None and not storage.strip():
+        raise ValueError("--storage must be a database URL such as sqlite:///search.db")
+    if study_name is not None and not study_name.strip():
+        raise ValueError("--study-name must not be empty; pass a name such as --study-name tiny-gpt")
+    if storage is not None and study_name is None:
+        raise ValueError(
+            "--storage needs --study-name NAME too: the study to create, or to resume after a crash; "
+            "e.g. --study-name my-search"
+        )
+    if storage is None and study_name is not None:
+        raise ValueError(
+            "--study-name names a study kept in --storage, and without --storage the study lives in memory; "
+            "pass --storage sqlite:///search.db too, or drop --study-name"
+        )
+
+
+def _open_storage(url: str, study_name: str) -> tuple[Any, int]:
+    """Open the optuna storage; return it and the finished trials its study ``study_name`` already holds."""
+    from utils.tier3_hyperparameter_search import import_optuna
+
+    optuna = import_optuna()
+    try:
+        storage = optuna.storages.get_storage(url)
+    except Exception as err:  # SQLAlchemy's errors for a bad URL, driver or folder share no base class with ours
+        cause = getattr(err, "orig", None) or err  # the database's own words, without SQLAlchemy's wrapping
+        why = str(cause).splitlines()[0] if str(cause) else ""
+        raise ValueError(
+            f"--storage {_shown_url(url)} cannot be opened ({type(err).__name__}: {why}); pass a URL such as "
+            "sqlite:///search.db whose folder exists, or leave --storage out to keep the study in memory"
+        ) from err
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return storage, 0  # a new study
+    if storage.get_study_directions(study_id) != [optuna.study.StudyDirection.MINIMIZE]:
+        raise ValueError(
+            f"--study-name {study_name!r}: that study in --storage maximises its objective, so it is not a search "
+            "of this tool's; pick another --study-name"
+        )
+    return storage, sum(t.state.is_finished() for t in storage.get_all_trials(study_id, deepcopy=False))
+
+
+def _shown_url(url: str) -> str:
+    """A storage URL fit to print or keep in a report: its password, if any, masked."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can read; it carries no password it could find either
+        return url
+
+
+def _run_search(args: argparse.Namespace, job: SearchJob) -> int:
+    """Run the trials, print the best settings, and write the report folder when --out asks for one."""
+    from utils.tier3_hyperparameter_search import test_hyperparameter_search
+
+    _say_search_plan(args, job)
+    search = test_hyperparameter_search(
+        lambda: job.built.build()[0],  # a new model per trial, from the file imported once
+        job.built.config,
+        n_trials=args.trials,
+        n_epochs=args.epochs,
+        max_steps_per_trial=args.max_steps_per_trial,
+        seed=args.seed,
+        pruner=args.pruner,
+        timeout_s=args.timeout,
+        storage=job.storage,
+        study_name=args.study_name,
+        device=args.device,
+        precision=args.precision,
+        progress=not args.no_progress,
+        use_amp=args.precision == "auto",  # auto means mixed precision where the hardware has it, as elsewhere
+        seq_len=args.seq_len,
+        compile=args.compile,
+    )
+    section = _search_section(search, args)
+    _print_rows(section["summary"])
+    _write_section_report(job.out, "utils search", job.built.label, section, args.overwrite)
+    return 0 if search["best_value"] is not None else _nothing_completed(search["trials"])
+
+
+def _say_search_plan(args: argparse.Namespace, job: SearchJob) -> None:
+    """What the search will do, and, for a kept study, how much of it is done."""
+    budget = f"up to {args.epochs} epochs / {args.max_steps_per_trial} steps each"
+    print(
+        f"utils {__version__} search: {job.built.label}, {args.trials} trials of {budget}, device={args.device}, "
+        f"precision={args.precision}",
+        flush=True,
+    )
+    if job.storage is not None:
+        to_run = max(0, args.trials - job.n_done)
+        print(
+            f"study {args.study_name!r} in {_shown_url(args.storage)}: {job.n_done} finished trial(s) kept, "
+            f"{to_run} to run" + ("" if to_run else f"; pass --trials > {job.n_done} to run more"),
+            flush=True,
+        )
+
+
+def _search_section(search: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """A report section from ``test_hyperparameter_search``'s results: the trials table, the figure, the best."""
+    trials = search["trials"]
+    keep = ("best_params", "best_value", "best_trial", "n_pruned", "n_failed", "timed_out", "importances")
+    settings = {k: getattr(args, k) for k in ("epochs", "max_steps_per_trial", "pruner", "seed", "device")}
+    results = {k: search[k] for k in keep} | {
+        "n_trials": len(trials),
+        "parameters": search["parameters"],
+        "storage": _shown_url(args.storage) if args.storage is not None else None,
+        "study_name": args.study_name,
+        "settings": settings | {"precision": args.precision},
+    }
+    n_completed = int((trials["state"] == "COMPLETE").sum())
+    counts = f"{n_completed} completed, {search['n_pruned']} pruned, {search['n_failed']} failed"
+    best = search["best_value"]
+    rows = [
+        ("trials", f"{len(trials)}: {counts}" + (" (stopped by --timeout)" if search["timed_out"] else "")),
+        ("best val/loss", f"{best:.4f} (trial {search['best_trial']})" if best is not None else "none completed"),
+        *((f"best {name}", _format_param(value)) for name, value in (search["best_params"] or {}).items()),
+    ]
+    return {
+        "results": {"search": results},
+        "figures": {"search": search["figure"]},
+        "tables": {"trials": trials},
+        "summary": rows,
+    }
+
+
+def _format_param(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _nothing_completed(trials: Any) -> int:
+    """1, with the reasons: a search that completed no trial has no best settings for a script to use."""
+    reasons = sorted(set(trials["fail_reason"].dropna()))[:3]
+    why = f"; failure reasons: {' | '.join(reasons)}" if reasons else ""
+    print(f"error: no trial completed, so there are no best settings{why} (see the trials table)", file=sys.stderr)
+    return 1
+
+
+# -- python -m utils compare ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompareJob:
+    """What the ``compare`` checks built before any work."""
+
+    built: BuiltModel
+    profile: RunProfile
+    out: Path | None
+
+
+def build_compare_parser() -> argparse.ArgumentParser:
+    """The ``python -m utils compare`` parser."""
+    from utils.tier3_benchmark_comparison import DEFAULT_TRAIN_STEPS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m utils compare",
+        description="Is your design better than a standard transformer of the same size? Trains your model and "
+        "the built-in GPT sized to its parameter count the same way (same corpus, steps, seed, batch and "
+        "precision), then compares loss, accuracy, speed and memory, with a one-line verdict.",
+    )
+    _add_model_options(parser)
+    group = parser.add_argument_group("the comparison")
+    group.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULT_TRAIN_STEPS,
+        metavar="N",
+        help="optimizer steps for each model (default: %(default)s)",
+    )
+    _add_profile_flags(group, ("batch_size", "learning_rate"))
+    _add_seq_len_option(group)
+    _add_seed_option(group)
+    _add_report_options(parser)
+    return parser
+
+
+def compare_main(argv: list[str]) -> int:
+    """``python -m utils compare``: compare the model with the baseline GPT, print the table and the verdict.
+
+    Example:
+        >>> compare_main(["--model", "my_model.py:MyTransformer", "--steps", "300", "--out", "reports/compare"])
+    """
+    parser = build_compare_parser()
+    args, job = _parse_and_check(parser, argv, check_compare_args)
+    return _run_compare(args, job)
+
+
+def check_compare_args(args: argparse.Namespace) -> CompareJob:
+    """Check every ``compare`` flag and build the model; nothing is written.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError: naming the flag and the fix.
+    """
+    profile = _profile_from_args(args)
+    check_positive_int(args.steps, "--steps")
+    _check_seq_len_and_seed(args.seq_len, args.seed)
+    out = _check_optional_out(args.out, args.overwrite)
+    _check_single_process("compare", "run it without torchrun")
+    _check_hardware(args)
+    return CompareJob(_check_model(args), profile, out)
+
+
+def _run_compare(args: argparse.Namespace, job: CompareJob) -> int:
+    """Train both models, print the comparison table, its notes and the verdict, and write the report."""
+    from utils.tier3_benchmark_comparison import DEFAULT_N_SAMPLES, test_benchmark_comparison
+
+    print(
+        f"utils {__version__} compare: {job.built.label} against the built-in GPT of its size, {args.steps} "
+        f"steps each, device={args.device}, precision={args.precision}",
+        flush=True,
+    )
+    options = _comparison_options(job.built.config, args, job.profile, args.steps, DEFAULT_N_SAMPLES)
+    c = test_benchmark_comparison(job.built.model, job.built.config, **options)
+    section = _comparison_section(c)
+    if c["status"] == "ok":
+        print()
+        print(report.markdown_table(c["summary"].to_dict("records"), ["metric", "yours", "baseline", "ratio", "note"]))
+    for note in c["notes"]:
+        print(f"note: {note}")
+    print(f"verdict: {c['verdict']}")
+    _write_section_report(
+        job.out,
+        "utils compare",
+        job.built.label,
+        {**section, "results": {"comparison": section["results"]}},
+        args.overwrite,
+    )
+    return 0
+
+
+# -- python -m utils wizard -------------------------------------------------------
+
+DEFAULT_CONFIG_FILE = "wizard_config.json"
+MAX_ANSWERS = 3  # a question about the settings file is asked again after a bad answer, at most this many times
+
+
+@dataclass(frozen=True)
+class WizardJob:
+    """What the ``wizard`` checks built before any work."""
+
+    built: BuiltModel
+    overrides: dict[str, Any]  # WizardConfig fields over the preset's, from --set and --seq-len
+    config_out: Path | None
+    asks: bool  # stdin is a terminal and --no-input was not given: someone can answer
+
+
+def build_wizard_parser() -> argparse.ArgumentParser:
+    """The ``python -m utils wizard`` parser."""
+    from utils.ui.presets import PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m utils wizard",
+        description="Choose the training settings from a preset in five checked steps (data, tokenizer, model, "
+        "settings, and a summary with a time measured on this machine). In a terminal it asks each setting "
+        "(Enter keeps it); then it writes the settings to a file and offers to start "
+        "python -m utils train --config FILE. Without a terminal it asks nothing.",
+    )
+    group = parser.add_argument_group("the model and the settings")
+    _add_model_option(group)
+    _add_seq_len_option(group, "the preset's; a model file without a config gets it as max_seq_len")
+    group.add_argument(
+        "--preset", default="tiny", choices=list(PRESETS), help="settings to start from (default: %(default)s)"
+    )
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change one setting of the preset, as the terminal questions read it, e.g. --set n_epochs=2 "
+        "--set max_steps=50 (repeatable)",
+    )
+    group.add_argument("--no-input", action="store_true", help="ask nothing, even in a terminal")
+    group = parser.add_argument_group("the settings file")
+    group.add_argument(
+        "--config-out",
+        metavar="FILE",
+        help=f"write the settings there (default: in a terminal, ask where, offering {DEFAULT_CONFIG_FILE}; "
+        "otherwise write no file)",
+    )
+    group.add_argument("--overwrite", action="store_true", help="replace an existing --config-out file")
+    return parser
+
+
+def wizard_main(argv: list[str]) -> int:
+    """``python -m utils wizard``: the setup wizard, its settings file, and on request the training.
+
+    In a terminal it asks the settings, then where to write them and whether to start training;
+    without one (a pipe, CI) it asks nothing, writes the file only when ``--config-out`` names it,
+    and never starts training.
+
+    Returns:
+        0; 1 when the answers left problems (nothing is written); or the training's exit status.
+
+    Example:
+        >>> wizard_main(["--preset", "tiny", "--set", "n_epochs=2", "--config-out", "tiny.json", "--no-input"])
+    """
+    parser = build_wizard_parser()
+    args, job = _parse_and_check(parser, argv, check_wizard_args)
+    return _run_wizard(args, job)
+
+
+def check_wizard_args(args: argparse.Namespace) -> WizardJob:
+    """Check every ``wizard`` flag and build the model; without anyone to ask, the settings must fit it too.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError: naming the flag and the fix.
+    """
+    from utils.ui.presets import ConfigPresets
+    from utils.ui.setup_wizard import interaction_mode
+
+    _check_seq_len(args.seq_len)
+    overrides = _parse_settings(args.set)
+    if args.seq_len is not None:
+        overrides.setdefault("seq_len", args.seq_len)
+    config_out = _check_config_out(args.config_out, args.overwrite) if args.config_out is not None else None
+    built = _check_model(args)
+    asks = not args.no_input and interaction_mode(None) == "terminal"
+    if not asks:  # nobody can fix a problem by answering, so it is the flags'
+        problems = ConfigPresets.customize(args.preset, **overrides).validate(built.model, built.config)
+        if problems:
+            changed = [flag for flag, given in (("--set", args.set), ("--seq-len", args.seq_len)) if given]
+            raise ValueError(
+                f"--preset {args.preset}{' with ' + ' and '.join(changed) if changed else ''} does not fit the model: "
+                f"{'; '.join(problems)}; change those settings with --set FIELD=VALUE"
+            )
+    return WizardJob(built, overrides, config_out, asks)
+
+
+def _parse_settings(items: list[str]) -> dict[str, Any]:
+    """--set FIELD=VALUE, each value read as the terminal questions read an answer."""
+    from utils.ui import terminal
+
+    fields = terminal.editable_fields()
+    settings = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name.strip() not in fields:
+            raise ValueError(f"--set {item!r} must be FIELD=VALUE with FIELD one of: {', '.join(fields)}")
+        with _naming("--set"):
+            settings[name.strip()] = terminal.parse_answer(name.strip(), text)
+    return settings
+
+
+def _check_config_out(text: str, overwrite: bool, name: str = "--config-out") -> Path:
+    """A settings file to write: not a folder, not an existing file unless ``overwrite``, in a writable place."""
+    check_path(text, name)
+    path = Path(text)
+    if path.is_dir():
+        raise ValueError(f"{name} {path} is a folder; pass a file path such as {path / DEFAULT_CONFIG_FILE}")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{name} {path} already exists; pass --overwrite to replace it, or another path")
+    check_writable(path.resolve().parent, name, path)  # a real write: permission bits miss root and special mounts
+    return path
+
+
+def _run_wizard(args: argparse.Namespace, job: WizardJob) -> int:
+    """Walk the wizard, write its settings file, and start training when the person at the terminal says so."""
+    from utils.ui.setup_wizard import SetupWizard
+
+    print(f"utils {__version__} wizard: {job.built.label}, preset {args.preset}", flush=True)
+    try:
+        settings = SetupWizard().run(
+            job.built.model, job.built.config, preset=args.preset, interactive=job.asks, **job.overrides
+        )
+    except ValueError as err:  # problems the answers left: nothing is written
+        print(f"error: {err}\nNo settings file written; run the wizard again.", file=sys.stderr)
+        return 1
+    path = job.config_out or (_ask_config_path() if job.asks else None)
+    if path is None:
+        why = "" if job.asks else " (no terminal to ask in; pass --config-out FILE to write one)"
+        print(f"No settings file written{why}.")
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings.save(path)
+    train_argv = ["train", "--config", str(path), *(["--model", args.model] if args.model else [])]
+    command = shlex.join(["python", "-m", "utils", *train_argv])
+    print(f"Settings written to {path}; to train with them: {command}")
+    if job.asks and _ask_yes_no("start training now? [y/N]: "):
+        return train_main(train_argv[1:])
+    return 0
+
+
+def _ask_config_path() -> Path | None:
+    """Ask where to write the settings (Enter: the default file; 'none': no file); a bad path is asked again."""
+    for _ in range(MAX_ANSWERS):
+        answer = _answer(f"settings file [{DEFAULT_CONFIG_FILE}] ('none': no file): ")
+        if answer is None or answer.lower() == "none":
+            return None
+        text = answer or DEFAULT_CONFIG_FILE
+        if Path(text).is_file() and not _ask_yes_no(f"{text} exists; replace it? [y/N]: "):
+            print("  kept it; type another path")
+            continue
+        try:
+            return _check_config_out(text, overwrite=True, name="settings file")
+        except ValueError as err:
+            print(f"  {err}")
+    return None
+
+
+def _ask_yes_no(prompt: str) -> bool:
+    """True only for 'y' or 'yes': Enter, anything else and the end of input mean no."""
+    answer = _answer(prompt)
+    return answer is not None and answer.lower() in ("y", "yes")
+
+
+def _answer(prompt: str) -> str | None:
+    """One answer, stripped; None when input has ended (Ctrl-D, a closed stdin): never wait for more."""
+    try:
+        return input(prompt).strip()
+    except EOFError:
+        print()
+        return None
+
+
+# The subcommands main() runs: the first argument -> its entry point.
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": train_main,
+    "search": search_main,
+    "compare": compare_main,
+    "wizard": wizard_main,
+}

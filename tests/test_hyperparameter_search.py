@@ -346,3 +346,10 @@ def test_importing_the_module_loads_no_heavy_dependency():
 
 def test_the_library_function_is_not_collected_as_a_test():
     assert hps.test_hyperparameter_search.__test__ is False
+
+
+def test_a_storage_error_masks_the_password_and_keeps_one_line():
+    from utils.tier3_hyperparameter_search import mask_password
+
+    assert mask_password("postgresql://bob:s3cret@db.local/optuna") == "postgresql://bob:***@db.local/optuna"
+    assert mask_password("sqlite:///search.db") == "sqlite:///search.db"

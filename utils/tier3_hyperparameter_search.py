@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import re
 import time
 import types
 import warnings
@@ -424,13 +425,22 @@ def _open_study(optuna: types.ModuleType, storage: Any, study_name: str | None, 
     except ImportError:
         raise  # optuna's own install hint (SQLAlchemy for a database storage)
     except Exception as err:  # SQLAlchemy's errors for a bad URL or folder share no base class with ours
+        cause = getattr(err, "orig", None) or err  # the driver's own line, without SQLAlchemy's background text
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise ValueError(
-            f"storage={storage!r} cannot be opened ({type(err).__name__}: {err}); pass a URL such as "
-            "'sqlite:///search.db' whose folder exists, or storage=None to keep the study in memory"
+            f"storage={mask_password(storage)!r} cannot be opened ({type(cause).__name__}: {reason}); pass a URL "
+            "such as 'sqlite:///search.db' whose folder exists, or storage=None to keep the study in memory"
         ) from err
     if study.direction != optuna.study.StudyDirection.MINIMIZE:  # a stored study of that name made elsewhere
         raise ValueError(f"study_name={study_name!r} in this storage maximises its objective; pick another name")
     return study
+
+
+def mask_password(storage: Any) -> Any:
+    """A storage URL with any password replaced by '***', for messages and reports."""
+    if not isinstance(storage, str):
+        return storage
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", storage)
 
 
 def _fail_interrupted_trials(optuna: types.ModuleType, study: Any) -> None:

@@ -362,8 +362,14 @@ def _no_work(*args: Any, **kwargs: Any) -> None:
 
 def _assert_usage_error(argv: list[str], flag: str, fix: str, root: Path, monkeypatch, capsys) -> None:
     """``argv`` ends with argparse's usage error (exit 2) naming ``flag`` and ``fix``; nothing ran or was written."""
-    for runner in ("_run_all", "_run_train", "_run_search", "_run_compare", "_run_wizard"):
-        monkeypatch.setattr(cli, runner, _no_work)
+    for runner in (
+        "main_job._run_all",
+        "train._run_train",
+        "search._run_search",
+        "compare._run_compare",
+        "wizard._run_wizard",
+    ):
+        monkeypatch.setattr(f"utils.cli.{runner}", _no_work)
     before = _tree(root)
     with pytest.raises(SystemExit) as exc:
         cli.main([*argv] if argv[:1] == ["wizard"] else [*argv, "--no-progress"])  # the wizard shows no progress

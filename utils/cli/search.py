@@ -156,13 +156,10 @@ def _open_storage(url: str, study_name: str) -> tuple[Any, int]:
 
 
 def _shown_url(url: str) -> str:
-    """A storage URL fit to print or keep in a report: its password, if any, masked."""
-    try:
-        from sqlalchemy.engine import make_url
+    """A storage URL fit to print or keep in a report: its password, if any, masked (the search's own rule)."""
+    from utils.tier3_hyperparameter_search import mask_password
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can read; it carries no password it could find either
-        return url
+    return mask_password(url)
 
 
 def _run_search(args: argparse.Namespace, job: SearchJob) -> int:

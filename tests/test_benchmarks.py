@@ -34,7 +34,7 @@ TINY_SIZES = {"n_layers": 2, "d_model": 32, "n_heads": 2, "seq_len": 32}
 TINY_ARGS = ["--device", "cpu", "--threads", "1", "--batch-size", "4"]
 TINY_ARGS += [f"--{name.replace('_', '-')}={size}" for name, size in TINY_SIZES.items()]
 # The library's environment record, plus what only a benchmark run has.
-BENCHMARK_ONLY_KEYS = {"date_utc", "git_commit", "command"}
+BENCHMARK_ONLY_KEYS = {"date_utc", "steady_malloc", "git_commit", "command"}
 
 
 def run_module(name: str, *args: str, timeout_s: float) -> subprocess.CompletedProcess:
@@ -276,3 +276,12 @@ def test_precision_options_come_from_the_precision_table():
     for parse_args, refused in ((loop_overhead.parse_args, "fp8"), (amp_sweep.parse_args, "fp32")):
         with pytest.raises(SystemExit):  # argparse names the choices on stderr
             parse_args(["--precision", refused])
+
+
+def test_steady_malloc_is_on_by_default_and_recorded():
+    parser = argparse.ArgumentParser()
+    common.add_common_options(parser, default_out="x.json", default_steps=1, several_shapes=False)
+    assert parser.parse_args([]).malloc == "steady"
+    assert parser.parse_args(["--malloc", "default"]).malloc == "default"
+    assert common.steady_malloc() is True  # glibc here: the settings took
+    assert "steady_malloc" in common.environment_record(torch.device("cpu"))

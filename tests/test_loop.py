@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+from tiny_models import per_sequence_loss_sums, token_ids, weights_changed, weights_of
 
 from utils import tier3_training_utilities as tier3
 from utils.models import tiny_gpt
@@ -23,29 +24,6 @@ from utils.training.losses import next_token_loss_sums
 SEQ_LEN = 16
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # see conftest
-
-
-def _ids(*shape, high=256, seed=0):
-    return torch.randint(0, high, shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _weights(model):
-    return {name: t.detach().clone() for name, t in model.state_dict().items()}
-
-
-def _changed(before, model):
-    after = model.state_dict()
-    return any(not torch.equal(before[name], after[name]) for name in before)
-
-
-def _per_sequence_loss_sums(model, sequences):
-    """(loss sum, target count) of each sequence on its own, no padding: the hand-computed reference."""
-    out = []
-    with torch.no_grad():
-        for seq in sequences:
-            loss_sum, _ = next_token_loss_sums(model(seq[None]), seq[None])
-            out.append((loss_sum.item(), seq.numel() - 1))
-    return out
 
 
 # -- the same losses as before the engine moved ---------------------------------------------------
@@ -184,11 +162,11 @@ def _parts(model, config, train, val, **overrides):
 
 def test_validation_epoch_is_token_weighted_and_respects_max_val_batches(tiny_gpt):
     model, config = tiny_gpt
-    val = [_ids(n, seed=20 + n) for n in (5, 16, 9, 3, 12)]
-    parts = _parts(model, config, _ids(4, SEQ_LEN), val, batch_size=2, max_val_batches=2)
+    val = [token_ids(n, seed=20 + n) for n in (5, 16, 9, 3, 12)]
+    parts = _parts(model, config, token_ids(4, SEQ_LEN), val, batch_size=2, max_val_batches=2)
     metrics = loop.run_validation_epoch(parts)
     assert model.training
-    sums = _per_sequence_loss_sums(model, val[:4])  # 2 batches of 2; the fifth row is left out
+    sums = per_sequence_loss_sums(model, val[:4])  # 2 batches of 2; the fifth row is left out
     expected = sum(s for s, _ in sums) / sum(n for _, n in sums)
     assert metrics["val/loss"] == pytest.approx(expected, rel=1e-5)
     assert 0.0 <= metrics["val/accuracy"] <= 1.0
@@ -196,11 +174,11 @@ def test_validation_epoch_is_token_weighted_and_respects_max_val_batches(tiny_gp
 
 def test_training_step_accumulates_then_updates(tiny_gpt):
     model, config = tiny_gpt
-    parts = _parts(model, config, _ids(4, SEQ_LEN), _ids(2, SEQ_LEN, seed=1), batch_size=2)
+    parts = _parts(model, config, token_ids(4, SEQ_LEN), token_ids(2, SEQ_LEN, seed=1), batch_size=2)
     batch = next(iter(parts.train_loader))
-    before = _weights(model)
+    before = weights_of(model)
     loss, n_correct, grad_norm = loop.training_step(parts, batch, group_targets=2 * batch["n_targets"], update=False)
-    assert grad_norm is None and not _changed(before, model)
+    assert grad_norm is None and not weights_changed(before, model)
     assert all(p.grad is not None for p in model.parameters())
     expected, _ = next_token_loss_sums(model(batch["input_ids"]), batch["labels"])
     # Divided by the whole group's targets (twice this batch's), so it is half the batch mean.
@@ -210,7 +188,7 @@ def test_training_step_accumulates_then_updates(tiny_gpt):
     loss, _, grad_norm = loop.training_step(parts, batch, group_targets=2 * batch["n_targets"], update=True)
     assert grad_norm is not None and grad_norm.item() > 0
     assert parts.amp_step.stepped
-    assert _changed(before, model)
+    assert weights_changed(before, model)
     assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none=True)
 
 
@@ -252,7 +230,7 @@ def test_a_nan_loss_stops_at_the_next_read_naming_the_step_and_keeps_the_last_ch
     cpu_bf16(True)
     inner, config = tiny_gpt
     model = TurnsNaN(inner, after=4)  # 8 rows, batch 2: epoch 0 is steps 1-4 (clean), step 5 is NaN
-    train, val = _ids(8, SEQ_LEN), _ids(2, SEQ_LEN, seed=1)
+    train, val = token_ids(8, SEQ_LEN), token_ids(2, SEQ_LEN, seed=1)
     with pytest.raises(loop.NonFiniteLossError) as caught:
         tier3.test_fine_tuning(model, config, train, val, precision=precision, checkpoint_dir=tmp_path, **NAN_RUN)
     message = str(caught.value)
@@ -267,7 +245,7 @@ def test_a_nan_loss_stops_at_the_next_read_naming_the_step_and_keeps_the_last_ch
 def test_a_nan_loss_between_reads_is_caught_at_the_epoch_end_before_the_checkpoint(tiny_gpt, tmp_path):
     inner, config = tiny_gpt
     model = TurnsNaN(inner, after=2)  # step 3 is NaN; the reads are at steps 4 (log_every) ...
-    train, val = _ids(6, SEQ_LEN), _ids(2, SEQ_LEN, seed=1)  # ... but epoch 0 ends at step 3
+    train, val = token_ids(6, SEQ_LEN), token_ids(2, SEQ_LEN, seed=1)  # ... but epoch 0 ends at step 3
     with pytest.raises(loop.NonFiniteLossError, match=r"optimizer step 3 \(epoch 0\).*no checkpoint was written"):
         tier3.test_fine_tuning(
             model, config, train, val, precision="fp32", checkpoint_dir=tmp_path, **{**NAN_RUN, "log_every": 4}
@@ -280,7 +258,12 @@ def test_fp16_stops_only_when_a_whole_window_is_skipped_and_the_scale_is_below_o
     model = TurnsNaN(inner, after=0)  # every step's gradients are NaN: the scaler skips them all
     with pytest.raises(loop.NonFiniteLossError) as caught:
         tier3.test_fine_tuning(
-            model, config, _ids(64, SEQ_LEN), _ids(2, SEQ_LEN), precision="fp16", **{**NAN_RUN, "log_every": 4}
+            model,
+            config,
+            token_ids(64, SEQ_LEN),
+            token_ids(2, SEQ_LEN),
+            precision="fp16",
+            **{**NAN_RUN, "log_every": 4},
         )
     # The scale halves on each skip: 2**16 reaches 1 at step 16 (not below), and 2**-4 at the read after step 20.
     assert "every one of the last 4 fp16 optimizer steps (up to step 20" in str(caught.value)
@@ -301,7 +284,7 @@ def test_a_model_with_nan_logits_is_not_called_non_causal(tiny_gpt):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(loop.NonFiniteLossError):
-            tier3.test_fine_tuning(AlwaysNaN(), config, _ids(8, SEQ_LEN), _ids(2, SEQ_LEN), **NAN_RUN)
+            tier3.test_fine_tuning(AlwaysNaN(), config, token_ids(8, SEQ_LEN), token_ids(2, SEQ_LEN), **NAN_RUN)
     messages = [str(w.message) for w in caught]
     assert any("NaN or Inf logits" in m for m in messages)
     assert not any("not causal" in m for m in messages)

@@ -20,11 +20,11 @@ import pytest
 import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
+from tiny_models import per_sequence_loss_sums, token_ids, weights_changed, weights_of
 
 from utils import tier3_training_utilities as tier3
 from utils.training import flops, loop
 from utils.training.amp_utils import AmpWandbCallback
-from utils.training.losses import next_token_loss_sums
 from utils.training.optim import build_lr_scheduler
 
 SEQ_LEN = 16
@@ -45,30 +45,7 @@ def _train(model, config, **overrides):
     return tier3.test_fine_tuning(model, config, **{**FAST, **overrides})
 
 
-def _ids(*shape, high=256, seed=0):
-    return torch.randint(0, high, shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _weights(model):
-    return {name: t.detach().clone() for name, t in model.state_dict().items()}
-
-
-def _changed(before, model):
-    after = model.state_dict()
-    return any(not torch.equal(before[name], after[name]) for name in before)
-
-
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # see conftest
-
-
-def _per_sequence_loss_sums(model, sequences):
-    """(loss sum, target count) of each sequence on its own, no padding: the hand-computed reference."""
-    out = []
-    with torch.no_grad():
-        for seq in sequences:
-            loss_sum, _ = next_token_loss_sums(model(seq[None]), seq[None])
-            out.append((loss_sum.item(), seq.numel() - 1))
-    return out
 
 
 # -- signature and results ---------------------------------------------------------------------
@@ -110,8 +87,8 @@ def test_positional_call_in_documented_order(tiny_gpt, cpu_bf16, monkeypatch):
     results = tier3.test_fine_tuning(
         model,
         config,
-        _ids(8, SEQ_LEN),
-        _ids(2, SEQ_LEN, seed=1),
+        token_ids(8, SEQ_LEN),
+        token_ids(2, SEQ_LEN, seed=1),
         2,
         1e-3,
         2,
@@ -274,10 +251,10 @@ def test_same_seed_same_losses_different_seed_different_losses(tiny_gpt):
 def test_end_state_train_mode_weights_changed_on_device(tiny_gpt):
     model, config = tiny_gpt
     model.eval()
-    before = _weights(model)
+    before = weights_of(model)
     _train(model, config, max_steps=2)
     assert model.training and all(m.training for m in model.modules())
-    assert _changed(before, model)
+    assert weights_changed(before, model)
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
 
 
@@ -287,7 +264,7 @@ def test_end_state_train_mode_weights_changed_on_device(tiny_gpt):
 def test_fp16_overflow_skips_steps_backs_off_scale_and_holds_the_lr(tiny_gpt):
     model, config = tiny_gpt
     init_scale, lr, warmup, steps = 2.0**40, 3e-3, 2, 30
-    before = _weights(model)
+    before = weights_of(model)
     results = _train(
         model,
         config,
@@ -326,7 +303,7 @@ def test_fp16_overflow_skips_steps_backs_off_scale_and_holds_the_lr(tiny_gpt):
 
     # Skipped steps never touched the weights with inf/NaN; the real steps did train.
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert _changed(before, model)
+    assert weights_changed(before, model)
     assert results["figure"].axes[3].get_title() == "fp16 loss scale"
 
 
@@ -382,7 +359,7 @@ def _one_step(model, config, train, val, batch_size, accumulation):
 def test_accumulation_of_two_halves_equals_one_full_batch(tiny_gpt):
     model, config = tiny_gpt
     accumulated, half_only = copy.deepcopy(model), copy.deepcopy(model)
-    train, val = _ids(4, SEQ_LEN), _ids(2, SEQ_LEN, seed=1)
+    train, val = token_ids(4, SEQ_LEN), token_ids(2, SEQ_LEN, seed=1)
     full = _one_step(model, config, train, val, batch_size=4, accumulation=1)
     acc = _one_step(accumulated, config, train, val, batch_size=2, accumulation=2)
     assert len(full["loss_history"]) == len(acc["loss_history"]) == 1
@@ -399,12 +376,12 @@ def test_accumulation_with_padding_is_token_weighted(tiny_gpt):
     model, config = tiny_gpt
     reference, accumulated = copy.deepcopy(model), copy.deepcopy(model)
     lengths = (4, 16, 7, 12)  # padded inside each batch; the model sees an attention mask
-    train = [_ids(n, seed=i) for i, n in enumerate(lengths)]
-    val = [_ids(6, seed=9), _ids(9, seed=10)]
+    train = [token_ids(n, seed=i) for i, n in enumerate(lengths)]
+    val = [token_ids(6, seed=9), token_ids(9, seed=10)]
     full = _one_step(model, config, train, val, batch_size=4, accumulation=1)
     acc = _one_step(accumulated, config, train, val, batch_size=2, accumulation=2)
 
-    sums = _per_sequence_loss_sums(reference, train)
+    sums = per_sequence_loss_sums(reference, train)
     token_weighted = sum(s for s, _ in sums) / sum(n for _, n in sums)
     torch.testing.assert_close(full["loss_history"][0], token_weighted, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(acc["loss_history"][0], token_weighted, rtol=1e-5, atol=1e-5)
@@ -421,14 +398,14 @@ def test_accumulation_with_padding_is_token_weighted(tiny_gpt):
 def test_short_last_group_loss_is_token_weighted_mean_of_its_group(tiny_gpt):
     model, config = tiny_gpt
     reference = copy.deepcopy(model)
-    train = [_ids(n, seed=i) for i, n in enumerate((4, 12, 16))]  # batch 1, accumulation 2: groups of 2 and 1
+    train = [token_ids(n, seed=i) for i, n in enumerate((4, 12, 16))]  # batch 1, accumulation 2: groups of 2 and 1
     # A learning rate of 1e-12 leaves the fp32 weights unchanged, so every step's loss
     # can be compared with the initial model's losses.
     results = tier3.test_fine_tuning(
         model,
         config,
         train,
-        [_ids(8, seed=5)],
+        [token_ids(8, seed=5)],
         n_epochs=1,
         learning_rate=1e-12,
         batch_size=1,
@@ -438,7 +415,7 @@ def test_short_last_group_loss_is_token_weighted_mean_of_its_group(tiny_gpt):
         log_every=1,
     )
     assert results["optimizer_steps"] == 2
-    sums = _per_sequence_loss_sums(reference, train)
+    sums = per_sequence_loss_sums(reference, train)
     candidates = []
     for last in range(3):  # which row the shuffle left for the short group
         pair = [sums[i] for i in range(3) if i != last]
@@ -496,11 +473,11 @@ class KeywordOnly(nn.Module):
 def test_output_formats_all_train(tiny_gpt, kind):
     inner, config = tiny_gpt
     model = KeywordOnly(inner) if kind == "keyword-only" else Wrapper(inner, kind)
-    before = _weights(inner)
+    before = weights_of(inner)
     results = _train(model, config, max_steps=2)
     assert results["optimizer_steps"] == 2
     assert all(math.isfinite(x) for x in results["loss_history"])
-    assert _changed(before, inner)
+    assert weights_changed(before, inner)
 
 
 class NoTrainingAllowed:
@@ -513,10 +490,10 @@ class NoTrainingAllowed:
 def test_config_vocab_smaller_than_output_width_fails_before_training(tiny_gpt):
     model, config = tiny_gpt
     small = dataclasses.replace(config, vocab_size=128)
-    before = _weights(model)
+    before = weights_of(model)
     with pytest.raises(ValueError, match=r"logits of shape \(\d+, 16, 256\).*vocab\) = \(\d+, 16, 128\)"):
-        _train(model, small, train_data=_ids(8, SEQ_LEN, high=128), batch_size=2, callbacks=[NoTrainingAllowed()])
-    assert not _changed(before, model)
+        _train(model, small, train_data=token_ids(8, SEQ_LEN, high=128), batch_size=2, callbacks=[NoTrainingAllowed()])
+    assert not weights_changed(before, model)
 
 
 @pytest.mark.parametrize(
@@ -531,7 +508,7 @@ def test_unusable_model_output_fails_before_training(tiny_gpt, kind, error, matc
 
 def test_config_without_vocab_size_uses_the_output_width(tiny_gpt):
     model, _ = tiny_gpt
-    ids = _ids(8, SEQ_LEN)
+    ids = token_ids(8, SEQ_LEN)
     ids[0, 0] = 255  # the top id of the 256-wide output is accepted
     results = _train(model, {"max_seq_len": 32}, train_data=ids, batch_size=2, max_steps=1)
     assert results["optimizer_steps"] == 1
@@ -571,12 +548,12 @@ def _text_file(tmp_path: Path) -> Path:
 def test_user_data_kinds_train(tiny_gpt, tmp_path, kind):
     model, config = tiny_gpt
     train = {
-        "tensor-1d": lambda: _ids(400),
-        "tensor-2d": lambda: _ids(12, SEQ_LEN),
+        "tensor-1d": lambda: token_ids(400),
+        "tensor-2d": lambda: token_ids(12, SEQ_LEN),
         "strings": lambda: ["short", "a somewhat longer line of text", "x = 1", "print('hi')"] * 3,
         "path-str": lambda: str(_text_file(tmp_path)),
         "path": lambda: _text_file(tmp_path),
-        "dataset": lambda: CountingDataset(_ids(12, SEQ_LEN)),
+        "dataset": lambda: CountingDataset(token_ids(12, SEQ_LEN)),
     }[kind]()
     results = _train(model, config, train_data=train, batch_size=2, max_steps=2)
     assert results["data_source"] == "user"
@@ -586,8 +563,8 @@ def test_user_data_kinds_train(tiny_gpt, tmp_path, kind):
 
 def test_explicit_val_data_is_used(tiny_gpt):
     model, config = tiny_gpt
-    val = CountingDataset(_ids(3, SEQ_LEN, seed=7))
-    results = _train(model, config, train_data=_ids(8, SEQ_LEN), val_data=val, batch_size=2, max_steps=2)
+    val = CountingDataset(token_ids(3, SEQ_LEN, seed=7))
+    results = _train(model, config, train_data=token_ids(8, SEQ_LEN), val_data=val, batch_size=2, max_steps=2)
     assert val.reads >= 3
     assert math.isfinite(results["val_loss"])
 
@@ -600,7 +577,7 @@ def test_explicit_val_data_is_used(tiny_gpt):
 )
 def test_bad_data_kinds_name_the_argument(tiny_gpt, arg, bad, error):
     model, config = tiny_gpt
-    data = {"train_data": _ids(8, SEQ_LEN), "val_data": _ids(2, SEQ_LEN), arg: bad}
+    data = {"train_data": token_ids(8, SEQ_LEN), "val_data": token_ids(2, SEQ_LEN), arg: bad}
     with pytest.raises(error, match=arg):
         _train(model, config, callbacks=[NoTrainingAllowed()], **data)
 
@@ -608,14 +585,18 @@ def test_bad_data_kinds_name_the_argument(tiny_gpt, arg, bad, error):
 @pytest.mark.parametrize("arg", ["train_data", "val_data"])
 def test_empty_dataset_error_names_the_argument(tiny_gpt, arg):
     model, config = tiny_gpt
-    data = {"train_data": _ids(4, SEQ_LEN), "val_data": _ids(2, SEQ_LEN), arg: CountingDataset(_ids(0, SEQ_LEN))}
+    data = {
+        "train_data": token_ids(4, SEQ_LEN),
+        "val_data": token_ids(2, SEQ_LEN),
+        arg: CountingDataset(token_ids(0, SEQ_LEN)),
+    }
     with pytest.raises(ValueError, match=arg):
         _train(model, config, callbacks=[NoTrainingAllowed()], **data)
 
 
 def test_ids_outside_vocabulary_are_rejected(tiny_gpt):
     model, config = tiny_gpt
-    ids = _ids(8, SEQ_LEN)
+    ids = token_ids(8, SEQ_LEN)
     ids[3, 5] = config.vocab_size
     with pytest.raises(ValueError, match=r"train_data holds token ids .*outside the vocabulary"):
         _train(model, config, train_data=ids, callbacks=[NoTrainingAllowed()])
@@ -756,8 +737,8 @@ def test_callbacks_see_state_and_rows_in_order(tiny_gpt):
     results = _train(
         model,
         config,
-        train_data=_ids(8, SEQ_LEN),
-        val_data=_ids(2, SEQ_LEN, seed=1),
+        train_data=token_ids(8, SEQ_LEN),
+        val_data=token_ids(2, SEQ_LEN, seed=1),
         n_epochs=2,
         batch_size=2,
         max_steps=None,

@@ -81,3 +81,31 @@ def build_model(kind: str):
         config = {"vocab_size": 64, "max_seq_len": 32, "d_model": 32}
         return TorchEncoderLM(causal=kind == "torch_causal"), config
     return hf_model(kind)
+
+
+def token_ids(*shape, high=256, seed=0):
+    """Reproducible random token ids of ``shape``."""
+    return torch.randint(0, high, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def weights_of(model):
+    """A detached copy of the model's state dict."""
+    return {name: t.detach().clone() for name, t in model.state_dict().items()}
+
+
+def weights_changed(before, model):
+    """True when any tensor of ``model`` differs from ``before``."""
+    after = model.state_dict()
+    return any(not torch.equal(before[name], after[name]) for name in before)
+
+
+def per_sequence_loss_sums(model, sequences):
+    """(loss sum, target count) of each sequence on its own, no padding: the hand-computed reference."""
+    from utils.training.losses import next_token_loss_sums
+
+    out = []
+    with torch.no_grad():
+        for seq in sequences:
+            loss_sum, _ = next_token_loss_sums(model(seq[None]), seq[None])
+            out.append((loss_sum.item(), seq.numel() - 1))
+    return out

@@ -34,6 +34,19 @@ def tiny_gpt():
 
 
 @pytest.fixture
+def watched_gpt(tiny_gpt):
+    """The tiny GPT, its config, and a list that grows by one on every forward call."""
+    model, config = tiny_gpt
+    calls = []
+
+    def count_call(module, args):
+        calls.append(1)
+
+    model.register_forward_pre_hook(count_call)
+    return model, config, calls
+
+
+@pytest.fixture
 def tiny_encoder():
     """A 2-layer, 32-wide BERT-like encoder and its config, with fixed initial weights."""
     torch.manual_seed(0)

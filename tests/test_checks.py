@@ -93,3 +93,11 @@ def test_check_choice_str_and_path():
     with pytest.raises(ValueError, match="out must be a file or folder path"):
         checks.check_path(3, "out")
     checks.check_path("reports/x", "out")
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [([1], True), ((1,), True), ({1}, True), ("ab", False), (b"a", False), ({"a": 1}, False), (3, False)],
+)
+def test_is_collection_takes_lists_not_strings_mappings_or_scalars(value, expected):
+    assert checks.is_collection(value) is expected

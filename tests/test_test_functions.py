@@ -148,19 +148,6 @@ BAD_OPTIONS = {
 }
 
 
-@pytest.fixture
-def watched_gpt(tiny_gpt):
-    """The tiny GPT, its config, and a list that grows by one on every forward call."""
-    model, config = tiny_gpt
-    calls = []
-
-    def count_call(module, args):
-        calls.append(1)
-
-    model.register_forward_pre_hook(count_call)
-    return model, config, calls
-
-
 @pytest.mark.parametrize(("options", "error", "message"), BAD_OPTIONS.values(), ids=BAD_OPTIONS)
 @pytest.mark.parametrize("runner", [tf.run_all_tier2_tests, tf.run_all_tests], ids=lambda f: f.__name__)
 def test_bad_options_fail_before_any_check(watched_gpt, runner, options, error, message):

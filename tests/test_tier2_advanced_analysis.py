@@ -280,19 +280,6 @@ BAD_ARGUMENTS = [
 ]
 
 
-@pytest.fixture
-def watched_gpt(tiny_gpt):
-    """The tiny GPT, its config, and a list that grows by one on every forward call."""
-    model, config = tiny_gpt
-    calls = []
-
-    def count_call(module, args):
-        calls.append(1)
-
-    model.register_forward_pre_hook(count_call)
-    return model, config, calls
-
-
 @pytest.mark.parametrize(("check", "kwargs", "message"), BAD_ARGUMENTS)
 def test_bad_arguments_fail_before_the_model_runs(watched_gpt, check, kwargs, message):
     model, config, calls = watched_gpt

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -30,6 +30,11 @@ def is_number(value: Any) -> bool:
 def is_int(value: Any) -> bool:
     """True for an integer (int, numpy integer); False for a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_collection(value: Any) -> bool:
+    """True for a list, tuple, set or other iterable of items; False for a string, a mapping or a scalar."""
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping))
 
 
 def check_positive_int(value: Any, name: str, *, allow_none: bool = False) -> None:

@@ -25,12 +25,12 @@ from __future__ import annotations
 import inspect
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch.nn as nn
 
-from utils.checks import check_bool, check_str
+from utils.checks import check_bool, check_str, is_collection
 from utils.model_helpers import probe_model, require_config_values, validate_model
 from utils.progress import progress_bar
 from utils.tier1_critical_validation import (
@@ -152,8 +152,7 @@ def run_checks(
 
 def _check_checks(checks: Any) -> tuple[Callable[..., dict], ...]:
     """``checks`` as a tuple of named functions, or a ValueError saying what to pass."""
-    is_collection = isinstance(checks, Iterable) and not isinstance(checks, (str, bytes, Mapping))
-    items = tuple(checks) if is_collection else ()
+    items = tuple(checks) if is_collection(checks) else ()
     if not items or not all(callable(check) and hasattr(check, "__name__") for check in items):
         raise ValueError(
             f"checks must be a non-empty tuple of check functions such as TIER1_TESTS or "

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -41,6 +41,7 @@ from utils.checks import (
     check_non_negative_int,
     check_positive_int,
     check_positive_number,
+    is_collection,
     is_int,
 )
 from utils.model_helpers import (
@@ -88,11 +89,6 @@ def layer_label(name: str) -> str:
     return f"L{match.group(1)}" if match else name.split(".")[0]
 
 
-def _is_collection(value: Any) -> bool:
-    """True for a list, tuple, set or other iterable of items; False for a string, a mapping or a scalar."""
-    return isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping))
-
-
 def check_positive_ints(values: Iterable[int], name: str) -> tuple[int, ...]:
     """The sorted distinct values, or a ValueError naming ``name``.
 
@@ -100,7 +96,7 @@ def check_positive_ints(values: Iterable[int], name: str) -> tuple[int, ...]:
         >>> check_positive_ints([4, 1, 4], "batch_sizes")
         (1, 4)
     """
-    items = tuple(values) if _is_collection(values) else ()
+    items = tuple(values) if is_collection(values) else ()
     if not items or not all(is_int(v) and v > 0 for v in items):
         raise ValueError(f"{name} must be a non-empty sequence of positive ints such as (1, 4), got {values!r}")
     return tuple(sorted({int(v) for v in items}))
@@ -110,7 +106,7 @@ def _check_precision_names(
     values: Any, name: str, allowed: tuple[str, ...], *, allow_empty: bool = True
 ) -> tuple[str, ...]:
     """The distinct names in ``values``, in their order, each one of ``allowed``; else a ValueError naming ``name``."""
-    if not _is_collection(values):
+    if not is_collection(values):
         raise ValueError(f"{name} must be a sequence such as {allowed[-1:]!r}, got {values!r}")
     for index, value in enumerate(values):
         check_choice(value, f"{name}[{index}]", allowed)

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ from utils.checks import (
     check_number_in_range,
     check_positive_int,
     check_positive_number,
+    is_collection,
 )
 from utils.model_helpers import (
     ModelProbe,
@@ -660,8 +661,7 @@ def test_robustness(
 
 def _check_noise_levels(noise_levels: Any) -> list[float]:
     """The sorted distinct levels, or a ValueError naming ``noise_levels``."""
-    is_collection = isinstance(noise_levels, Iterable) and not isinstance(noise_levels, (str, bytes, Mapping))
-    levels = list(noise_levels) if is_collection else []
+    levels = list(noise_levels) if is_collection(noise_levels) else []
     if not levels:
         raise ValueError(
             f"noise_levels must be a non-empty sequence of numbers >= 0 such as (0.0, 0.1), got {noise_levels!r}"

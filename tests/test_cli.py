@@ -8,17 +8,16 @@ import io
 import json
 import os
 import re
-import select
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import torch
+from tiny_models import TERMINAL_GIVE_UP_S, read_terminal
 
 from utils import cli
 
@@ -863,7 +862,7 @@ def test_wizard_bad_arguments_fail_before_any_work(argv, flag, fix, workspace, m
     _assert_usage_error(["wizard", *argv], flag, fix, workspace, monkeypatch, capsys)
 
 
-GIVE_UP_S = 300  # no run takes close to this: a guard against a hung child, not a timing check
+GIVE_UP_S = TERMINAL_GIVE_UP_S
 SMALL_WIZARD_RUN = ["--seq-len", "32", "--set", "max_steps=2", "--set", "warmup_steps=none", "--set", "device=cpu"]
 
 
@@ -946,7 +945,7 @@ def _converse(root: Path, argv: list[str], answers: dict[str, str]) -> tuple[str
     os.close(follower)
     transcript, answered_upto = "", 0
     try:
-        while (chunk := _read_terminal(leader, child)) is not None:
+        while (chunk := read_terminal(leader, child)) is not None:
             transcript += chunk
             question = re.search(r"(?:^|\n)([^\n\[]+?) \[[^\n]*\][^\n]*: $", transcript[answered_upto:])
             if question:
@@ -958,21 +957,6 @@ def _converse(root: Path, argv: list[str], answers: dict[str, str]) -> tuple[str
             child.kill()
             child.wait()
         os.close(leader)
-
-
-def _read_terminal(leader: int, child: subprocess.Popen) -> str | None:
-    """The child's next output, or None once it has closed the terminal."""
-    deadline = time.monotonic() + GIVE_UP_S
-    while time.monotonic() < deadline:
-        if select.select([leader], [], [], 0.5)[0]:
-            try:
-                data = os.read(leader, 65536)
-            except OSError:  # EIO: every process holding the terminal has exited
-                return None
-            return data.decode(errors="replace") if data else None
-        if child.poll() is not None:
-            return None
-    raise AssertionError(f"nothing written for {GIVE_UP_S} s: waiting for input that cannot come")
 
 
 @pytest.mark.slow

@@ -6,14 +6,12 @@ import io
 import json
 import os
 import re
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from tiny_models import TINY
+from tiny_models import TERMINAL_GIVE_UP_S, TINY, read_terminal
 
 from utils.ui import terminal
 from utils.ui.presets import ConfigPresets
@@ -184,7 +182,7 @@ print("RESULT " + json.dumps(result.to_dict()))
 """
 # A question waiting for its answer: the last line is "<field> [<current>]<hint>: ".
 QUESTION = re.compile(r"(?:^|\n)(\w+) \[[^\n]*\][^\n]*: $")
-GIVE_UP_S = 300  # no run takes close to this: a guard against a hung child, not a timing check
+GIVE_UP_S = TERMINAL_GIVE_UP_S
 
 
 def _converse(interactive: object, answers: dict[str, list[str]]) -> tuple[str, int]:
@@ -202,7 +200,7 @@ def _converse(interactive: object, answers: dict[str, list[str]]) -> tuple[str, 
     os.close(follower)
     transcript, answered_upto = "", 0
     try:
-        while (chunk := _read(leader, child)) is not None:
+        while (chunk := read_terminal(leader, child)) is not None:
             transcript += chunk
             question = QUESTION.search(transcript, answered_upto)
             if question:
@@ -216,22 +214,6 @@ def _converse(interactive: object, answers: dict[str, list[str]]) -> tuple[str, 
             child.kill()
             child.wait()
         os.close(leader)
-
-
-def _read(leader: int, child: subprocess.Popen) -> str | None:
-    """The next output of the child, or None once it has closed the terminal."""
-    deadline = time.monotonic() + GIVE_UP_S
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.5)
-        if ready:
-            try:
-                data = os.read(leader, 65536)
-            except OSError:  # EIO: every process holding the terminal has exited
-                return None
-            return data.decode(errors="replace") if data else None
-        if child.poll() is not None:
-            return None
-    raise AssertionError(f"the wizard wrote nothing for {GIVE_UP_S} s: it is waiting for input that cannot come")
 
 
 def _result(transcript: str) -> dict:

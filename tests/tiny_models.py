@@ -109,3 +109,30 @@ def per_sequence_loss_sums(model, sequences):
             loss_sum, _ = next_token_loss_sums(model(seq[None]), seq[None])
             out.append((loss_sum.item(), seq.numel() - 1))
     return out
+
+
+# A guard against a hung child process in the pseudo-terminal tests, not a timing check.
+TERMINAL_GIVE_UP_S = 300
+
+
+def read_terminal(leader: int, child) -> str | None:
+    """A pseudo-terminal child's next output, or None once it has closed the terminal.
+
+    Raises AssertionError when the child writes nothing for ``TERMINAL_GIVE_UP_S``:
+    it is waiting for input that cannot come.
+    """
+    import os
+    import select
+    import time
+
+    deadline = time.monotonic() + TERMINAL_GIVE_UP_S
+    while time.monotonic() < deadline:
+        if select.select([leader], [], [], 0.5)[0]:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: every process holding the terminal has exited
+                return None
+            return data.decode(errors="replace") if data else None
+        if child.poll() is not None:
+            return None
+    raise AssertionError(f"nothing written for {TERMINAL_GIVE_UP_S} s: waiting for input that cannot come")

@@ -36,10 +36,11 @@ from benchmarks.common import (
     setup_device,
     write_json,
 )
-from utils.model_helpers import count_parameters, reset_peak_memory
+from utils.device import reset_peak_memory
+from utils.model_helpers import count_parameters
 from utils.report import markdown_table
 from utils.training.amp_benchmark import test_amp_speedup_benchmark
-from utils.training.amp_utils import AMP_PRECISIONS
+from utils.training.precision import AMP_PRECISIONS
 
 TABLE_COLUMNS = [
     "shape",

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from utils import records
-from utils.model_helpers import resolve_device
+from utils.device import resolve_device
 from utils.models import ModelConfig, TinyTransformer, tiny_gpt
 from utils.training.amp_benchmark import TARGET_MAX_ACCURACY_DIFF, TARGET_MEMORY_REDUCTION_PCT
 from utils.training.data import load_stdlib_corpus

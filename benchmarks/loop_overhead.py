@@ -38,10 +38,10 @@ from benchmarks.common import (
 from utils.model_helpers import extract_logits, make_forward_fn
 from utils.report import markdown_table
 from utils.training import loop
-from utils.training.amp_utils import PRECISIONS, resolve_precision
 from utils.training.data import make_loader, prepare_lm_data
 from utils.training.losses import next_token_loss_sums
 from utils.training.optim import build_lr_scheduler, build_optimizer
+from utils.training.precision import PRECISIONS, resolve_precision
 from utils.training.timing import StepTimer
 
 

@@ -39,7 +39,7 @@ from benchmarks.common import (
     setup_device,
     write_json,
 )
-from utils.model_helpers import peak_memory_mb, reset_peak_memory
+from utils.device import peak_memory_mb, reset_peak_memory
 from utils.report import markdown_table
 from utils.training import loop
 

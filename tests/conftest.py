@@ -77,10 +77,10 @@ def one_cpu_thread():
 @pytest.fixture
 def cpu_bf16(monkeypatch):
     """Set whether this 'CPU' has native bf16: ``cpu_bf16(True)`` or ``cpu_bf16(False)``."""
-    from utils.training import amp_utils
+    from utils import device
 
     def set_support(supported: bool) -> None:
-        monkeypatch.setattr(amp_utils, "cpu_supports_bf16", lambda: supported)
+        monkeypatch.setattr(device, "cpu_supports_bf16", lambda: supported)
 
     return set_support
 

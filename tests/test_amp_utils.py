@@ -17,12 +17,8 @@ import pytest
 import torch
 
 from utils.training import amp_utils
-from utils.training.amp_utils import (
-    AmpWandbCallback,
-    PrecisionPlan,
-    compute_effective_precision,
-    resolve_precision,
-)
+from utils.training.callbacks import AmpWandbCallback
+from utils.training.precision import PrecisionPlan, compute_effective_precision, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 

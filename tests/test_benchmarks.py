@@ -25,9 +25,9 @@ from benchmarks import common
 from utils.model_helpers import count_parameters
 from utils.models import tiny_gpt
 from utils.records import environment_record
-from utils.training.amp_utils import AMP_PRECISIONS, PRECISIONS
 from utils.training.data import make_loader, prepare_lm_data
 from utils.training.loop import TrainingSettings
+from utils.training.precision import AMP_PRECISIONS, PRECISIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_SIZES = {"n_layers": 2, "d_model": 32, "n_heads": 2, "seq_len": 32}

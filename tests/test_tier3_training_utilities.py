@@ -24,7 +24,7 @@ from tiny_models import per_sequence_loss_sums, token_ids, weights_changed, weig
 
 from utils import tier3_training_utilities as tier3
 from utils.training import flops, loop
-from utils.training.amp_utils import AmpWandbCallback
+from utils.training.callbacks import AmpWandbCallback
 from utils.training.optim import build_lr_scheduler
 
 SEQ_LEN = 16

@@ -17,10 +17,10 @@ import torch
 from utils import wandb_helpers
 from utils.records import environment_record
 from utils.training import amp_utils
-from utils.wandb_helpers import (
-    AmpWandbCallback,
+from utils.training.callbacks import AmpWandbCallback
+from utils.training.wandb_config import build_wandb_config
+from utils.training.wandb_run import (
     active_run,
-    build_wandb_config,
     finish_wandb_run,
     has_wandb_api_key,
     import_wandb,
@@ -46,8 +46,10 @@ def no_wandb_key(monkeypatch, tmp_path):
 
 def test_module_does_not_import_wandb_at_top_level():
     # Read the source: this test process may already have imported wandb elsewhere.
-    tree = ast.parse(Path(wandb_helpers.__file__).read_text())
-    top_level = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    from utils.training import wandb_config, wandb_run
+
+    trees = [ast.parse(Path(m.__file__).read_text()) for m in (wandb_helpers, wandb_run, wandb_config)]
+    top_level = [node for tree in trees for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
     names = {alias.name for node in top_level for alias in node.names}
     names |= {node.module for node in top_level if isinstance(node, ast.ImportFrom)}
     assert "torch.nn" in names and "utils.records" in names  # the scan does see the real imports
@@ -260,11 +262,11 @@ def test_active_run_and_require_active_run_follow_wandb_run(wandb_dir):
 # --------------------------------------------------------------------------- AmpWandbCallback's home
 
 
-def test_amp_wandb_callback_lives_here_and_is_still_importable_from_amp_utils():
-    from utils.training.amp_utils import AmpWandbCallback as from_amp_utils
+def test_amp_wandb_callback_lives_in_callbacks_and_is_still_importable_from_amp_utils():
+    from utils.training.callbacks import AmpWandbCallback as from_amp_utils
 
     assert from_amp_utils is AmpWandbCallback is amp_utils.AmpWandbCallback
-    assert AmpWandbCallback.__module__ == "utils.wandb_helpers"
+    assert AmpWandbCallback.__module__ == "utils.training.callbacks"
     assert not hasattr(amp_utils, "no_such_name")  # other names still raise AttributeError
 
 
@@ -283,7 +285,7 @@ def test_fresh_interpreter_imports_without_a_cycle_or_heavy_modules(first_import
     )
     assert result.returncode == 0, result.stderr
     module, heavy = json.loads(result.stdout.strip().splitlines()[-1])
-    assert module == "utils.wandb_helpers"
+    assert module == "utils.training.callbacks"
     assert heavy == [], f"{first_import} loaded {heavy}; they must be imported where they are used"
 
 

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import importlib
 
+from utils._version import __version__
 from utils.models import ModelConfig, tiny_encoder, tiny_gpt
-
-__version__ = "3.3.0"
 
 # Public name -> module that defines it, imported on first use to keep `import utils` light.
 _LAZY = {
     "test_fine_tuning": "utils.tier3_training_utilities",
     "test_amp_speedup_benchmark": "utils.training.amp_benchmark",
     "MetricsTracker": "utils.training.metrics_tracker",
-    "resolve_precision": "utils.training.amp_utils",
-    "compute_effective_precision": "utils.training.amp_utils",
-    "AmpWandbCallback": "utils.training.amp_utils",
+    "resolve_precision": "utils.training.precision",
+    "compute_effective_precision": "utils.training.precision",
+    "AmpWandbCallback": "utils.training.callbacks",
     "test_hyperparameter_search": "utils.tier3_hyperparameter_search",
     "test_benchmark_comparison": "utils.tier3_benchmark_comparison",
     "TrainingCoordinator": "utils.training.training_core",

@@ -11,7 +11,6 @@ token embedding lookup, argument checks and the pass/warn/fail verdict.
 from __future__ import annotations
 
 import contextlib
-import gc
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -194,62 +193,6 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         "total": sum(p.numel() for p in params),
         "trainable": sum(p.numel() for p in params if p.requires_grad),
     }
-
-
-DEVICE_TYPES = ("cpu", "cuda", "mps")  # what the library runs on; torch.device also names meta, xpu ...
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Turn ``'auto'``/``None``/a name into a usable ``torch.device``, or explain why not."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device={device!r} is not a device name; use 'auto', 'cpu' or 'cuda'") from err
-    if resolved.type not in DEVICE_TYPES:
-        raise ValueError(
-            f"device={device!r}: the library runs on {', '.join(DEVICE_TYPES)}; use 'auto', 'cpu' or 'cuda'"
-        )
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available here; use device='cpu' or 'auto'")
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise ValueError(
-            f"device={device!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}; "
-            "use one of those or 'auto'"
-        )
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r} but MPS is not available here; use device='cpu' or 'auto'")
-    return resolved
-
-
-def device_name(device: torch.device) -> str:
-    """A human-readable device name for reports, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu'."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return device.type
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Free what can be freed and start a fresh CUDA allocator peak (on CPU, only the garbage collection)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_mb(device: torch.device) -> float | None:
-    """The CUDA allocator's peak since the last reset, in MiB; None on CPU, where no such peak exists."""
-    if device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**20
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work. A deliberate sync: call it only at timing edges."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------------

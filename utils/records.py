@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from utils.model_helpers import device_name
-from utils.training.amp_utils import cpu_supports_bf16, tf32_settings
+from utils.device import cpu_supports_bf16, device_name, tf32_settings
 
 
 def environment_record(

@@ -44,6 +44,7 @@ from utils.checks import (
     is_collection,
     is_int,
 )
+from utils.device import cuda_supports_bf16, synchronize
 from utils.model_helpers import (
     ModelProbe,
     count_parameters,
@@ -55,12 +56,11 @@ from utils.model_helpers import (
     probe_model,
     random_input_ids,
     result_status,
-    synchronize,
     validate_model,
 )
 from utils.progress import progress_bar
 from utils.records import environment_record
-from utils.training.amp_utils import PRECISION_TABLE, cuda_supports_bf16, resolve_precision
+from utils.training.precision import PRECISION_TABLE, resolve_precision
 
 MB = 2**20
 

@@ -39,14 +39,8 @@ import torch.nn as nn
 
 from utils import tier1_critical_validation as tier1
 from utils.checks import check_positive_int
-from utils.model_helpers import (
-    config_size,
-    count_parameters,
-    detect_vocab_size,
-    reset_peak_memory,
-    resolve_device,
-    validate_model,
-)
+from utils.device import reset_peak_memory, resolve_device
+from utils.model_helpers import config_size, count_parameters, detect_vocab_size, validate_model
 from utils.models import ModelConfig, TinyTransformer
 from utils.records import environment_record
 from utils.training import loop

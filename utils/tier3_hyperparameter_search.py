@@ -46,7 +46,8 @@ import torch
 import torch.nn as nn
 
 from utils.checks import check_bool, check_int, check_positive_int, check_positive_number, check_str, is_int, is_number
-from utils.model_helpers import count_parameters, resolve_device
+from utils.device import resolve_device
+from utils.model_helpers import count_parameters
 from utils.optional import import_optional
 from utils.progress import progress_bar
 from utils.training import loop

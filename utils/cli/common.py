@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from utils.checks import check_int, check_positive_int, check_positive_number
-from utils.model_helpers import resolve_device
-from utils.training.amp_utils import resolve_precision
+from utils.device import resolve_device
 from utils.training.distributed import launched_world_size
 from utils.training.export import check_export_target
+from utils.training.precision import resolve_precision
 
 DEFAULT_SEQ_LEN = 128  # for a model file that brings no config
 # torch.manual_seed takes [-2**63, 2**64); the loop adds the rank and the epoch, so keep the top half free.

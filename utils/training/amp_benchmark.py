@@ -22,10 +22,11 @@ import torch
 import torch.nn as nn
 
 from utils.checks import check_bool, check_non_negative_int
-from utils.model_helpers import device_name, peak_memory_mb, reset_peak_memory, resolve_device, validate_model
+from utils.device import device_name, peak_memory_mb, reset_peak_memory, resolve_device, tf32_allowed
+from utils.model_helpers import validate_model
 from utils.records import environment_record
 from utils.training import loop
-from utils.training.amp_utils import AMP_PRECISIONS, resolve_precision, tf32_allowed
+from utils.training.precision import AMP_PRECISIONS, resolve_precision
 
 # The documented targets for mixed precision against FP32.
 TARGET_SPEEDUP = 1.5
@@ -321,9 +322,9 @@ def _record_settings(
 
 def _start_benchmark_run(model: nn.Module, config: Any, amp_name: str) -> Any:
     """One W&B run for both arms (keys prefixed per arm), unless a run is already active."""
-    from utils import wandb_helpers
+    from utils.training import wandb_run
 
-    return wandb_helpers.start_run_unless_active(
+    return wandb_run.start_run_unless_active(
         model, config, precision=amp_name, name=f"amp-benchmark-{amp_name}", benchmark="amp_speedup"
     )
 

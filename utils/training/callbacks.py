@@ -1,4 +1,4 @@
-"""Callbacks on the engine's hooks: early stopping.
+"""Callbacks on the engine's hooks: early stopping and the AMP-to-W&B logger.
 
 A callback is any object with some of ``on_train_begin(state)``,
 ``on_log(state, row)``, ``on_epoch_end(state, row)`` and
@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 from utils.checks import check_choice, check_non_negative_number, check_positive_int, check_str
+from utils.training.wandb_run import require_active_run
 
 MODES = ("min", "max")
 
@@ -85,3 +86,74 @@ class EarlyStopping:
             f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta}, monitor={self.monitor!r}, "
             f"mode={self.mode!r})"
         )
+
+
+class AmpWandbCallback:
+    """Logs ``amp/enabled``, ``amp/precision`` and ``amp/loss_scale`` to W&B.
+
+    Use it in ``test_fine_tuning(..., callbacks=[AmpWandbCallback()])``, or,
+    with Lightning installed, ``Trainer(callbacks=[AmpWandbCallback.for_lightning()])``.
+    Errors are never swallowed: no active W&B run raises at train start, and a
+    failing ``wandb.log`` propagates.
+
+    Args:
+        log_every: log at every ``log_every``-th optimizer step (or Lightning batch).
+
+    Raises:
+        ValueError: if ``log_every`` is not a positive integer.
+    """
+
+    def __init__(self, log_every: int = 1) -> None:
+        check_positive_int(log_every, "log_every")
+        self.log_every = log_every
+
+    # -- test_fine_tuning hooks ------------------------------------------------
+    def on_train_begin(self, state: Any) -> None:
+        require_active_run("AmpWandbCallback")
+
+    def on_log(self, state: Any, row: dict[str, Any]) -> None:
+        """Called by the training loop at each ``log_every`` boundary with the metrics row."""
+        if state.optimizer_step % self.log_every:
+            return
+        self._log(
+            {
+                "amp/enabled": state.plan.amp_enabled,
+                "amp/precision": state.plan.name,
+                "amp/loss_scale": row.get("amp/loss_scale"),
+            }
+        )
+
+    # -- Lightning hooks -------------------------------------------------------
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        require_active_run("AmpWandbCallback")
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx % self.log_every:
+            return
+        precision = str(getattr(trainer, "precision", "32"))
+        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+        self._log(
+            {
+                "amp/enabled": not precision.startswith("32"),
+                "amp/precision": precision,
+                # get_scale() syncs; it runs only every log_every batches.
+                "amp/loss_scale": scaler.get_scale() if scaler is not None else None,
+            }
+        )
+
+    @classmethod
+    def for_lightning(cls, log_every: int = 1) -> AmpWandbCallback:
+        """An instance that is also a Lightning ``Callback`` (needs lightning installed)."""
+        try:
+            from lightning.pytorch import Callback
+        except ImportError:
+            try:
+                from pytorch_lightning import Callback
+            except ImportError as err:
+                raise ImportError("AmpWandbCallback.for_lightning needs Lightning: pip install lightning") from err
+        lightning_cls = type("LightningAmpWandbCallback", (cls, Callback), {})
+        return lightning_cls(log_every=log_every)
+
+    @staticmethod
+    def _log(values: dict[str, Any]) -> None:
+        require_active_run("AmpWandbCallback").log({k: v for k, v in values.items() if v is not None})

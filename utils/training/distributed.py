@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from utils.model_helpers import resolve_device
+from utils.device import resolve_device
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from utils import __version__
+from utils._version import __version__
 from utils.checks import check_bool, check_path, is_number
 from utils.folders import check_target_folder, staged_folder
 from utils.model_helpers import (

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from utils.model_helpers import device_name, get_config_value
-from utils.training.amp_utils import tf32_enabled
+from utils.device import device_name, tf32_enabled
+from utils.model_helpers import get_config_value
 
 # Dense datasheet peaks in TFLOP/s (NVIDIA's figures without 2:4 sparsity).
 # 'fp32' is the plain CUDA-core rate, 'tf32' the tensor-core rate used when

@@ -48,6 +48,7 @@ from utils.checks import (
     check_positive_number,
     check_str,
 )
+from utils.device import resolve_device, tf32_enabled
 from utils.model_helpers import (
     config_size,
     count_parameters,
@@ -56,18 +57,10 @@ from utils.model_helpers import (
     get_config_value,
     make_forward_fn,
     model_mode,
-    resolve_device,
     validate_model,
 )
 from utils.records import environment_record
 from utils.training import checkpoint as ckpt
-from utils.training.amp_utils import (
-    MixedPrecisionStep,
-    PrecisionPlan,
-    resolve_precision,
-    tf32_enabled,
-    validate_precision_args,
-)
 from utils.training.callbacks import MODES, is_improvement
 from utils.training.data import DEFAULT_CORPUS_BYTES, make_loader, prepare_lm_data
 from utils.training.distributed import (
@@ -84,6 +77,7 @@ from utils.training.flops import FlopsPerToken, compute_mfu, model_flops_per_tok
 from utils.training.losses import next_token_loss_sums
 from utils.training.metrics_tracker import MetricsTracker
 from utils.training.optim import build_lr_scheduler, build_optimizer
+from utils.training.precision import MixedPrecisionStep, PrecisionPlan, resolve_precision, validate_precision_args
 from utils.training.timing import StepTimer
 
 CALLBACK_HOOKS = ("on_train_begin", "on_log", "on_epoch_end", "on_train_end")
@@ -314,7 +308,7 @@ def _check_before_work(model: nn.Module, settings: TrainingSettings, callbacks: 
         raise TypeError(f"settings must be a TrainingSettings, got {type(settings).__name__}")
     _validate_callbacks(callbacks)
     if settings.use_wandb:
-        from utils.wandb_helpers import import_wandb
+        from utils.training.wandb_run import import_wandb
 
         import_wandb()  # without wandb installed: the install hint, before any work
     if settings.resume_from is None:
@@ -672,10 +666,10 @@ def _make_progress_bar(parts: TrainingParts, done_steps: int) -> Any:
 
 def _start_wandb_run(parts: TrainingParts, config: Any) -> Any:
     """Log to the active W&B run, or start one here (returned, so the caller finishes it)."""
-    from utils import wandb_helpers
+    from utils.training import wandb_run
 
     s = parts.settings
-    return wandb_helpers.start_run_unless_active(
+    return wandb_run.start_run_unless_active(
         parts.model,
         config,
         precision=parts.plan.name,

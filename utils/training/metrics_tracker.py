@@ -30,7 +30,7 @@ from utils.checks import (
     is_int,
 )
 from utils.training.data import IGNORE_INDEX
-from utils.wandb_helpers import require_active_run
+from utils.training.wandb_run import require_active_run
 
 STEP_KEY = "train/step"
 # An epoch row shares its W&B step with the last step row; these of its keys go to W&B under their own

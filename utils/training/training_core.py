@@ -34,14 +34,15 @@ import torch
 import torch.nn as nn
 
 from utils.checks import check_bool, check_choice, check_non_negative_number, check_path, check_positive_int
-from utils.model_helpers import resolve_device, validate_model
+from utils.device import resolve_device
+from utils.model_helpers import validate_model
 from utils.records import to_jsonable
 from utils.training import checkpoint as ckpt
 from utils.training import loop
-from utils.training.amp_utils import PRECISIONS
 from utils.training.callbacks import EarlyStopping
 from utils.training.data import DEFAULT_CORPUS_BYTES
 from utils.training.plots import create_training_figure
+from utils.training.precision import PRECISIONS
 
 CONFIG_FILE = "config.json"
 RUN_FORMAT_VERSION = 1
@@ -431,7 +432,7 @@ def _run_config(
     train_data: Any,
     val_data: Any,
 ) -> dict[str, Any]:
-    from utils import __version__
+    from utils._version import __version__
 
     return {
         "format_version": RUN_FORMAT_VERSION,

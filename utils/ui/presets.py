@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 
 from utils.checks import check_positive_number
-from utils.model_helpers import config_size, resolve_device, validate_model
+from utils.device import resolve_device
+from utils.model_helpers import config_size, validate_model
 from utils.models import tiny_gpt
 from utils.ui.setup_wizard import WizardConfig, estimate_training_time, format_duration
 

@@ -47,6 +47,7 @@ import torch.nn as nn
 
 from utils import tier1_critical_validation as tier1
 from utils.checks import check_bool, check_choice, check_path, check_positive_int, check_str, is_int, is_number
+from utils.device import resolve_device, synchronize
 from utils.model_helpers import (
     config_size,
     count_parameters,
@@ -54,13 +55,10 @@ from utils.model_helpers import (
     extract_logits,
     make_forward_fn,
     random_input_ids,
-    resolve_device,
-    synchronize,
     validate_model,
 )
 from utils.progress import is_interactive
 from utils.training import training_core
-from utils.training.amp_utils import PRECISIONS, MixedPrecisionStep, PrecisionPlan, resolve_precision
 from utils.training.data import (
     DEFAULT_CORPUS_BYTES,
     ByteTokenizer,
@@ -71,6 +69,7 @@ from utils.training.data import (
 from utils.training.loop import TrainingSettings
 from utils.training.losses import next_token_loss_sums
 from utils.training.optim import build_optimizer
+from utils.training.precision import PRECISIONS, MixedPrecisionStep, PrecisionPlan, resolve_precision
 
 FORMAT_VERSION = 1
 DATA_SOURCES = ("builtin", "file", "folder", "strings")

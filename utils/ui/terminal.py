@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from utils.checks import check_non_negative_int
-from utils.training.amp_utils import PRECISIONS
+from utils.training.precision import PRECISIONS
 from utils.ui import setup_wizard
 from utils.ui.setup_wizard import DATA_SOURCES, WizardConfig
 

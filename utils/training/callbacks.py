@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from utils.checks import check_choice, check_non_negative_number, check_positive_int, check_str
-from utils.training.wandb_run import require_active_run
+from utils.checks import check_bool, check_choice, check_non_negative_number, check_positive_int, check_str
+from utils.training.wandb_run import active_run, require_active_run
 
 MODES = ("min", "max")
+# Lightning's names for fp16 mixed precision, the one that has a GradScaler.
+FP16_PRECISIONS = ("16", "16-mixed", "16_true", "16-true")
 
 
 def is_improvement(value: Any, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -96,16 +98,32 @@ class AmpWandbCallback:
     Errors are never swallowed: no active W&B run raises at train start, and a
     failing ``wandb.log`` propagates.
 
+    The seed API's form, ``AmpWandbCallback(enabled=True, precision='16')``, is a
+    Lightning callback that logs once per epoch (``on_train_epoch_end``), reading
+    the scaler from ``trainer.strategy.precision_plugin.scaler``; like the seed's,
+    it logs nothing (and raises nothing) while no W&B run is active.
+
     Args:
+        enabled: the seed API's "is AMP on" flag; giving it (or ``precision``)
+            selects the once-per-epoch form.
+        precision: the seed API's Lightning precision string ('16', '16-mixed', 'bf16', '32' ...).
         log_every: log at every ``log_every``-th optimizer step (or Lightning batch).
 
     Raises:
-        ValueError: if ``log_every`` is not a positive integer.
+        ValueError: if ``log_every`` is not a positive integer, ``enabled`` not a bool
+            or ``precision`` not a string.
     """
 
-    def __init__(self, log_every: int = 1) -> None:
+    def __init__(self, enabled: bool | None = None, precision: str | None = None, log_every: int = 1) -> None:
         check_positive_int(log_every, "log_every")
+        if enabled is not None:
+            check_bool(enabled, "enabled")
+        if precision is not None:
+            check_str(precision, "precision")
         self.log_every = log_every
+        self.enabled = enabled
+        self.precision = precision
+        self.per_epoch = enabled is not None or precision is not None
 
     # -- test_fine_tuning hooks ------------------------------------------------
     def on_train_begin(self, state: Any) -> None:
@@ -125,10 +143,11 @@ class AmpWandbCallback:
 
     # -- Lightning hooks -------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        require_active_run("AmpWandbCallback")
+        if not self.per_epoch:
+            require_active_run("AmpWandbCallback")
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if batch_idx % self.log_every:
+        if self.per_epoch or batch_idx % self.log_every:
             return
         precision = str(getattr(trainer, "precision", "32"))
         scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
@@ -140,6 +159,28 @@ class AmpWandbCallback:
                 "amp/loss_scale": scaler.get_scale() if scaler is not None else None,
             }
         )
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        """The seed form's one row per epoch; the scale only for fp16 (bf16 and fp32 have none)."""
+        if not self.per_epoch or active_run() is None:
+            return
+        fp16 = bool(self.enabled) and str(self.precision) in FP16_PRECISIONS
+        self._log(
+            {
+                "amp/enabled": int(bool(self.enabled)),
+                "amp/precision": self.precision,
+                "amp/loss_scale": self._get_loss_scale(trainer) if fp16 else None,
+                "epoch": getattr(trainer, "current_epoch", None),
+            }
+        )
+
+    @staticmethod
+    def _get_loss_scale(trainer: Any) -> float | None:
+        """The GradScaler's scale (a sync: once per epoch), or None when the trainer has no scaler."""
+        strategy_plugin = getattr(getattr(trainer, "strategy", None), "precision_plugin", None)
+        plugin = strategy_plugin or getattr(trainer, "precision_plugin", None)
+        scaler = getattr(plugin, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and hasattr(scaler, "get_scale") else None
 
     @classmethod
     def for_lightning(cls, log_every: int = 1) -> AmpWandbCallback:

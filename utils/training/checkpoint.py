@@ -17,10 +17,12 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -210,12 +212,38 @@ def check_matches_model(checkpoint: dict[str, Any], model: nn.Module, name: str 
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically: a crash mid-write never leaves a torn file."""
+    """Write ``checkpoint`` to ``path`` atomically: a crash mid-write never leaves a torn file.
+
+    A failed write (a full disk, above all) removes its ``.partial`` file and leaves the
+    previous checkpoint at ``path`` as it was.
+
+    Raises:
+        OSError: ENOSPC when the disk filled up, naming the file and the free space left.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    torch.save({"format_version": FORMAT_VERSION, **checkpoint}, partial)
-    os.replace(partial, path)
+    try:
+        torch.save({"format_version": FORMAT_VERSION, **checkpoint}, partial)
+        os.replace(partial, path)
+    except (OSError, RuntimeError) as err:
+        partial.unlink(missing_ok=True)
+        if _disk_is_full(err, path.parent):
+            kept = "the previous one is kept" if path.exists() else "no earlier checkpoint existed"
+            raise OSError(
+                errno.ENOSPC,
+                f"the disk is full: could not write the checkpoint {path} ({kept}; "
+                f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there). "
+                "Free some space or pass another checkpoint_dir",
+            ) from err
+        raise
     return path
+
+
+def _disk_is_full(err: BaseException, folder: Path) -> bool:
+    """ENOSPC, or torch's zip writer failing (it reports a short write as 'unexpected pos') with ~no space left."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "unexpected pos" in str(err) or shutil.disk_usage(folder).free < 2**20
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,19 +31,22 @@ from utils.checks import (
     is_int,
 )
 from utils.training.data import IGNORE_INDEX
-from utils.training.wandb_run import require_active_run
+from utils.training.wandb_run import active_run
 
 STEP_KEY = "train/step"
 # An epoch row shares its W&B step with the last step row; these of its keys go to W&B under their own
 # names, so the epoch means never overwrite that step's window means (and the step rows carry 'lr').
 EPOCH_WANDB_KEYS = {"train/loss": "train/epoch_loss", "train/accuracy": "train/epoch_accuracy", "lr": None}
+# exp(100) = 2.7e43 already says "diverged"; the seed API clips the loss there rather than return inf.
+PERPLEXITY_MAX_LOSS = 100.0
 
 
 class MetricsTracker:
     """Collects metric rows and sends each to W&B as it arrives (when ``use_wandb``).
 
     Args:
-        use_wandb: log every row to the active W&B run.
+        use_wandb: log every row to the active W&B run. With no active run, the
+            tracker warns once and keeps the rows locally (as the seed API did).
         wandb_prefix: put before every W&B key (e.g. 'fp32/'), so two runs of
             a comparison can share one W&B run without colliding.
 
@@ -60,14 +64,21 @@ class MetricsTracker:
         self.step_rows: list[dict[str, Any]] = []
         self.scalars: list[dict[str, Any]] = []
         self._step_metric_run_id: str | None = None  # the run in which the prefixed step metric is defined
+        self._warned_no_run = False
+
+    @property
+    def metrics_history(self) -> list[dict[str, Any]]:
+        """The epoch rows (the seed API's name for ``epoch_rows``)."""
+        return self.epoch_rows
 
     @staticmethod
     def compute_perplexity(loss: float) -> float:
-        """exp(loss), or inf when that overflows."""
-        try:
-            return math.exp(loss)
-        except OverflowError:
-            return math.inf
+        """exp(loss), with the loss clipped at 100 (``PERPLEXITY_MAX_LOSS``) so that it never overflows.
+
+        A loss of 100 nats is a diverged run whatever its exact value; the clip keeps the
+        figure finite (2.7e43), as the seed API does. NaN stays NaN.
+        """
+        return math.exp(min(loss, PERPLEXITY_MAX_LOSS))
 
     @staticmethod
     def compute_accuracy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> float:
@@ -88,48 +99,66 @@ class MetricsTracker:
         train_metrics: Mapping[str, Any],
         val_metrics: Mapping[str, Any] | None = None,
         learning_rate: float | None = None,
+        gradient_norm: float | None = None,
+        epoch_duration: float | None = None,
         step: int | None = None,
     ) -> dict[str, Any]:
         """Record one epoch as a flat row, log it, and return it.
 
+        Both the engine's prefixed keys and the seed API's plain ones are taken:
+        ``{"loss": 2.5, "accuracy": 0.7}`` as ``train_metrics`` becomes 'train/loss'
+        and 'train/accuracy' (and ``val_metrics`` 'val/...'), and such a seed-style
+        row also gets 'train/perplexity' and the seed's 'learning_rate' column.
+
         Args:
             epoch: the epoch number (from 0).
-            train_metrics: e.g. ``{"train/loss": 2.3}``.
+            train_metrics: e.g. ``{"train/loss": 2.3}`` or ``{"loss": 2.3, "accuracy": 0.4}``.
             val_metrics: e.g. ``{"val/loss": 2.1, "val/accuracy": 0.4}``; 'val/perplexity'
                 is added from 'val/loss' unless given.
             learning_rate: stored as 'lr' when given.
+            gradient_norm: stored as 'gradient_norm' when given.
+            epoch_duration: seconds, stored as 'epoch_duration' when given.
             step: the optimizer step at the epoch's end, stored as 'train/step' and
                 used as the W&B step; None logs at W&B's own step counter.
 
         Returns:
-            The row: epoch, the metrics, and lr, train/step and val/perplexity where they apply.
+            The row: epoch, the metrics, and lr, train/step and the perplexities where they apply.
 
         Raises:
             ValueError: on a bad argument, naming it.
-            RuntimeError: if ``use_wandb`` and no W&B run is active.
         """
         check_non_negative_int(epoch, "epoch")
         _check_metrics(train_metrics, "train_metrics")
         _check_metrics(val_metrics, "val_metrics", allow_none=True)
-        check_non_negative_number(learning_rate, "learning_rate", allow_none=True)
+        for value, name in ((learning_rate, "learning_rate"), (gradient_norm, "gradient_norm")):
+            check_non_negative_number(value, name, allow_none=True)
+        check_non_negative_number(epoch_duration, "epoch_duration", allow_none=True)
         check_non_negative_int(step, "step", allow_none=True)
-        row: dict[str, Any] = {"epoch": epoch, **train_metrics, **(val_metrics or {})}
-        optional = {"lr": learning_rate, STEP_KEY: step}
-        row.update({key: value for key, value in optional.items() if value is not None})
-        if "val/loss" in row and "val/perplexity" not in row:
-            row["val/perplexity"] = self.compute_perplexity(row["val/loss"])
+        seed_style = any("/" not in key for key in train_metrics)
+        train, val = _prefixed(train_metrics, "train/"), _prefixed(val_metrics or {}, "val/")
+        row: dict[str, Any] = {"epoch": epoch, **train, **val}
+        optional = {"lr": learning_rate, "gradient_norm": gradient_norm, "epoch_duration": epoch_duration}
+        row.update({key: value for key, value in {**optional, STEP_KEY: step}.items() if value is not None})
+        if seed_style:
+            row.update({"learning_rate": learning_rate} if learning_rate is not None else {})
+            self._add_perplexity(row, "train/")
+        self._add_perplexity(row, "val/")
         self.epoch_rows.append(row)
         # The epoch row closes its step: commit it, so the W&B summary shows it now rather than at the next step.
         renamed = {EPOCH_WANDB_KEYS.get(key, key): value for key, value in row.items()}
         self._send({key: value for key, value in renamed.items() if key is not None}, commit=True)
         return row
 
+    def _add_perplexity(self, row: dict[str, Any], prefix: str) -> None:
+        loss = row.get(f"{prefix}loss")
+        if isinstance(loss, (int, float)) and f"{prefix}perplexity" not in row:
+            row[f"{prefix}perplexity"] = self.compute_perplexity(loss)
+
     def log_step(self, row: Mapping[str, Any]) -> None:
         """Record one logging-step row (``train/step``, ``train/loss``, ``lr`` ...) and log it at ``train/step``.
 
         Raises:
             ValueError: if ``row`` is not a dict.
-            RuntimeError: if ``use_wandb`` and no W&B run is active.
         """
         _check_metrics(row, "row")
         self.step_rows.append(dict(row))
@@ -165,16 +194,28 @@ class MetricsTracker:
         return pick(rows, key=lambda r: r[metric])["epoch"]
 
     def _send(self, row: Mapping[str, Any], *, commit: bool | None = None) -> None:
-        """Log ``row`` (None values left out, keys prefixed) to the active W&B run."""
+        """Log ``row`` (None values left out, keys prefixed) to the active W&B run; without one, warn once."""
         if not self.use_wandb:
             return
-        run = require_active_run("MetricsTracker(use_wandb=True)")
+        run = active_run()
+        if run is None:
+            self._warn_no_run()
+            return
         values = {f"{self.wandb_prefix}{key}": value for key, value in row.items() if value is not None}
         if self.wandb_prefix:
             self._define_prefixed_step_metric(run)
             run.log(values)
         else:
             run.log(values, step=_wandb_step(run, row), commit=commit)
+
+    def _warn_no_run(self) -> None:
+        if not self._warned_no_run:
+            self._warned_no_run = True
+            warnings.warn(
+                "MetricsTracker(use_wandb=True) found no active W&B run, so rows are kept here and not sent to W&B; "
+                "start one with utils.training.wandb_run.initialize_wandb_run() or wandb.init() first",
+                stacklevel=3,
+            )
 
     def _define_prefixed_step_metric(self, run: Any) -> None:
         # Each arm of the AMP benchmark counts from step 1 in the same run, so step= would go backwards
@@ -193,6 +234,11 @@ def _wandb_step(run: Any, row: Mapping[str, Any]) -> int | None:
     # wandb drops a row whose step is behind its counter. Another logger (AmpWandbCallback logs without
     # step=) may have closed this step already; then the row goes to the current step rather than nowhere.
     return int(step) if step >= run.step else None
+
+
+def _prefixed(metrics: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The seed API's plain keys ('loss') under ``prefix`` ('train/loss'); prefixed keys as they are."""
+    return {key if "/" in key else f"{prefix}{key}": value for key, value in metrics.items()}
 
 
 def _check_metrics(value: Any, name: str, *, allow_none: bool = False) -> None:

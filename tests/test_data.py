@@ -1,4 +1,4 @@
-"""Tests for utils.training.data: the built-in corpus, user data kinds, collation and loaders."""
+"""Tests for utils.training.data: the default corpus split, user data kinds, collation and loaders."""
 
 from __future__ import annotations
 
@@ -36,41 +36,7 @@ def _ids(*shape, high=256, seed=0):
     return torch.randint(0, high, shape, generator=torch.Generator().manual_seed(seed))
 
 
-# -- tokenizer and default corpus ---------------------------------------------------------
-
-
-def test_byte_tokenizer_round_trips_unicode():
-    tokenizer = data.ByteTokenizer()
-    text = "def f(x):\n    return 'héllo ✓'"
-    ids = tokenizer.encode(text)
-    assert all(0 <= i < 256 for i in ids)
-    assert len(ids) == len(text.encode("utf-8"))
-    assert tokenizer.decode(ids) == text
-
-
-def test_stdlib_source_files_are_sorted_python_files():
-    files = data.stdlib_source_files()
-    assert len(files) > 10
-    names = [f.name for f in files]
-    assert names == sorted(names)
-    assert all(name.endswith(".py") for name in names)
-
-
-def test_default_corpus_is_deterministic_capped_and_starts_with_first_file():
-    first = data.load_stdlib_corpus(CORPUS_BYTES)
-    second = data.load_stdlib_corpus(CORPUS_BYTES)
-    assert first == second
-    assert len(first) == CORPUS_BYTES
-    first_file = data.stdlib_source_files()[0]
-    header = f"# ---- {first_file.name} ----\n".encode()
-    assert first.startswith(header + first_file.read_bytes()[:100])
-    # A smaller cap is a prefix of a larger one: the order never changes.
-    assert data.load_stdlib_corpus(1_000) == first[:1_000]
-
-
-def test_default_corpus_rejects_non_positive_cap():
-    with pytest.raises(ValueError, match="max_bytes"):
-        data.load_stdlib_corpus(0)
+# -- the default corpus ----------------------------------------------------------------------
 
 
 def test_default_split_is_deterministic_disjoint_and_in_corpus_order():

@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 from tiny_models import per_sequence_loss_sums, token_ids, weights_changed, weights_of
 
 from utils import tier3_training_utilities as tier3
-from utils.training import flops, loop
+from utils.training import flops, loop, parts
+from utils.training import results as training_results
 from utils.training.callbacks import AmpWandbCallback
 from utils.training.optim import build_lr_scheduler
 
@@ -75,13 +76,13 @@ def test_signature_keeps_documented_positional_order_and_keyword_options():
 def test_positional_call_in_documented_order(tiny_gpt, cpu_bf16, monkeypatch):
     cpu_bf16(True)
     batch_sizes = []
-    real_make_loader = loop.make_loader
+    real_make_loader = parts.make_loader
 
     def make_loader(dataset, batch_size, **kwargs):
         batch_sizes.append(batch_size)
         return real_make_loader(dataset, batch_size, **kwargs)
 
-    monkeypatch.setattr(loop, "make_loader", make_loader)
+    monkeypatch.setattr(parts, "make_loader", make_loader)  # build_parts calls it
     model, config = tiny_gpt
     # model, config, train_data, val_data, n_epochs, learning_rate, batch_size, use_wandb, use_amp, accumulation
     results = tier3.test_fine_tuning(
@@ -171,7 +172,7 @@ def test_throughput_leaves_out_warm_up_steps_and_cpu_has_no_mfu(tiny_gpt):
     assert (t["warmup_steps_excluded"], t["timed_steps"]) == (skip, 6 - skip)
     timed_tokens = (6 - skip) * 2 * SEQ_LEN  # full blocks: batch x seq_len tokens per step
     assert t["tokens_per_second"] == pytest.approx(timed_tokens / sum(results["step_times_s"][skip:]))
-    assert t["flops_per_token"] == loop.model_flops_per_token(model, config, SEQ_LEN).flops
+    assert t["flops_per_token"] == flops.model_flops_per_token(model, config, SEQ_LEN).flops
     assert t["achieved_tflops_per_device"] == pytest.approx(t["tokens_per_second"] * t["flops_per_token"] / 1e12)
     # No datasheet peak for a CPU: tokens/s are reported, MFU is left empty, and the note says why.
     assert results["mfu"] is None and t["mfu"] is None and t["peak_tflops_per_device"] is None
@@ -181,7 +182,9 @@ def test_throughput_leaves_out_warm_up_steps_and_cpu_has_no_mfu(tiny_gpt):
 def test_mfu_uses_the_detected_gpus_peak(tiny_gpt, monkeypatch):
     """The arithmetic, with the peak lookup patched to an H100's bf16 figure (no GPU here)."""
     monkeypatch.setattr(
-        loop, "peak_tflops", lambda device, precision, tf32: flops.PeakFlops(989.5, "H100 SXM", "bf16", "patched")
+        training_results,
+        "peak_tflops",
+        lambda device, precision, tf32: flops.PeakFlops(989.5, "H100 SXM", "bf16", "patched"),
     )
     model, config = tiny_gpt
     t = _train(model, config, max_steps=5)["throughput"]

@@ -1,10 +1,9 @@
-"""Language-model data: the built-in corpus, a byte tokenizer, and user data.
+"""Language-model data: datasets from what the user passed, collation, and the loaders.
 
-The default corpus is the source of Python's own standard library, read at
-run time from ``sysconfig``: real text that ships with every Python, so
-nothing is downloaded. Users may instead pass token ids (a tensor), raw
-strings, a UTF-8 text file path, or a ``torch.utils.data.Dataset`` (of token
-ids, or of texts such as Hugging Face ``{"text": ...}`` rows).
+Users may pass token ids (a tensor), raw strings, a UTF-8 text file path, or
+a ``torch.utils.data.Dataset`` (of token ids, or of texts such as Hugging
+Face ``{"text": ...}`` rows); None means the built-in corpus
+(``training.corpus``: the standard library's source, byte-tokenized).
 
 Example:
     >>> data = prepare_lm_data(None, None, vocab_size=256, seq_len=128)
@@ -16,10 +15,8 @@ from __future__ import annotations
 import itertools
 import os
 import reprlib
-import sysconfig
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,47 +24,18 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from utils.checks import check_number_in_range, check_positive_int
 
+# Re-exported: callers import the corpus and tokenizer names from utils.training.data too.
+from utils.training.corpus import (  # noqa: F401
+    DEFAULT_CORPUS_BYTES,
+    ByteTokenizer,
+    check_text_bytes,
+    load_stdlib_corpus,
+    stdlib_source_files,
+    text_file_path,
+)
+
 IGNORE_INDEX = -100  # label value that the loss and accuracy skip
-DEFAULT_CORPUS_BYTES = 1_000_000
 _ITEM_KINDS = "1-D integer token ids, a dict with 'input_ids', a string, or a dict with 'text'"
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids 0..255. Fits any model with ``vocab_size >= 256``."""
-
-    vocab_size = 256
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
-
-
-def stdlib_source_files() -> list[Path]:
-    """The corpus files: the standard library's top-level ``*.py`` files, sorted by name."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(stdlib.glob("*.py"), key=lambda p: p.name)
-    if not files:
-        raise FileNotFoundError(f"no Python source found in the standard library folder {stdlib}")
-    return files
-
-
-def load_stdlib_corpus(max_bytes: int = DEFAULT_CORPUS_BYTES) -> bytes:
-    """The standard library's source as one byte string, at most ``max_bytes`` long.
-
-    The same interpreter always gives the same bytes: the file list is fixed
-    and sorted, and each file is introduced by a one-line header.
-    """
-    check_positive_int(max_bytes, "max_bytes")
-    chunks, size = [], 0
-    for path in stdlib_source_files():
-        chunk = f"# ---- {path.name} ----\n".encode() + path.read_bytes() + b"\n"
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= max_bytes:
-            break
-    return b"".join(chunks)[:max_bytes]
 
 
 class BlockDataset(Dataset):
@@ -251,15 +219,7 @@ def _item_ids_of(item: Any, arg: str, index: int) -> torch.Tensor:
 
 def _file_dataset(data: str | os.PathLike, arg: str, vocab_size: int, seq_len: int) -> Dataset:
     """The bytes of a UTF-8 text file, cut into blocks of ``seq_len``."""
-    reason = _why_not_a_path(data) if isinstance(data, str) else None
-    if reason is not None:
-        raise ValueError(
-            f"{arg} is a string of {len(data)} characters that cannot be a file path ({reason}); "
-            f"pass raw text as a list of strings, e.g. {arg}=[text]"
-        )
-    path = Path(data)
-    if not _is_file(path):
-        raise ValueError(f"{arg}={str(data)[:60]!r} is not an existing file; pass raw text as a list of strings")
+    path = text_file_path(data, arg)
     _check_text_vocab(vocab_size, f"{arg} (a text file)")
     raw = path.read_bytes()
     check_text_bytes(raw, arg, path)
@@ -268,59 +228,6 @@ def _file_dataset(data: str | os.PathLike, arg: str, vocab_size: int, seq_len: i
             f"{arg}={str(path)!r} holds {len(raw)} bytes, too few for one block of {seq_len}; pass a longer text file"
         )
     return BlockDataset(torch.frombuffer(bytearray(raw), dtype=torch.uint8).long(), seq_len)
-
-
-def _why_not_a_path(text: str) -> str | None:
-    """Why ``text`` cannot name a file, or None; decided without touching the filesystem.
-
-    ``Path.is_file`` raises ``OSError`` on a name over the OS limits, so raw
-    text must be told apart before it is ever used as a path.
-    """
-    if "\n" in text:
-        return "it holds a newline"
-    if "\0" in text:
-        return "it holds a NUL character"
-    n_bytes = len(text.encode("utf-8", "surrogatepass"))  # the OS limits count bytes, not characters
-    path_max = _os_path_limit("PC_PATH_MAX", 4096)
-    if n_bytes >= path_max:  # PATH_MAX counts the terminating NUL
-        return f"{n_bytes} bytes, over the {path_max - 1}-byte path limit"
-    name_max = _os_path_limit("PC_NAME_MAX", 255)
-    if any(len(part.encode("utf-8", "surrogatepass")) > name_max for part in Path(text).parts):
-        return f"a name in it is longer than the {name_max}-byte limit"
-    return None
-
-
-def _os_path_limit(name: str, default: int) -> int:
-    """``os.pathconf`` of the root folder, or ``default`` where the OS does not say (Windows has no pathconf)."""
-    try:
-        limit = os.pathconf("/", name)
-    except (AttributeError, OSError, ValueError):
-        return default
-    return limit if limit > 0 else default  # -1 means "no limit", which we do not trust
-
-
-def _is_file(path: Path) -> bool:
-    """``Path.is_file`` that answers False instead of raising for a name the OS rejects."""
-    try:
-        return path.is_file()
-    except (OSError, ValueError):  # a name the OS rejects cannot be a file we read
-        return False
-
-
-def check_text_bytes(raw: bytes, arg: str, path: Path) -> None:
-    """Reject a binary file (a NUL byte, or invalid UTF-8): its bytes would train the model on noise."""
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        found = f"NUL byte at offset {nul}"
-    else:
-        try:
-            raw.decode("utf-8")
-            return
-        except UnicodeDecodeError as err:
-            found = f"invalid UTF-8 at byte {err.start}"
-    raise ValueError(
-        f"{arg}={str(path)!r} is not a text file ({found}); pass a UTF-8 text file, or token ids as a tensor"
-    )
 
 
 def _tensor_dataset(data: torch.Tensor, arg: str, vocab_size: int, seq_len: int) -> Dataset:

@@ -1,0 +1,137 @@
+"""``TrainingSettings``: every knob of one training run, validated once, and the step count it implies.
+
+Example:
+    >>> settings = TrainingSettings(n_epochs=1, learning_rate=1e-3, max_steps=50, precision="bf16")
+    >>> total_steps(n_batches=120, settings=settings)
+    50
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from utils.checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_non_negative_int,
+    check_non_negative_number,
+    check_positive_int,
+    check_positive_number,
+    check_str,
+)
+from utils.device import resolve_device
+from utils.training import checkpoint as ckpt
+from utils.training.callbacks import MODES
+from utils.training.corpus import DEFAULT_CORPUS_BYTES
+from utils.training.precision import validate_precision_args
+
+# The keys of an epoch row: any of them can be the monitored metric for best.pt and early stopping.
+EPOCH_ROW_KEYS = ("val/loss", "val/accuracy", "val/perplexity", "train/loss", "train/accuracy", "lr", "epoch")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Every knob of one training run, validated once, when it is made.
+
+    The fields are ``test_fine_tuning``'s keyword arguments (see its docstring),
+    plus ``wandb_prefix``, which the AMP benchmark uses to log two arms into
+    one W&B run ('fp32/...', 'bf16/...').
+
+    Raises:
+        ValueError, TypeError: on any bad value, naming the field.
+    """
+
+    n_epochs: int = 3
+    learning_rate: float = 5e-5
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_steps: int | None = None
+    warmup_steps: int | None = None
+    grad_clip: float | None = 1.0
+    weight_decay: float = 0.01
+    log_every: int = 10
+    seed: int = 0
+    seq_len: int | None = None
+    max_val_batches: int | None = 50
+    max_corpus_bytes: int = DEFAULT_CORPUS_BYTES
+    init_loss_scale: float = 2.0**16
+    precision: str = "auto"
+    use_amp: bool | None = False
+    device: str | torch.device | None = "auto"
+    compile: bool | dict[str, Any] = False
+    checkpoint_dir: str | os.PathLike | None = None
+    resume_from: str | os.PathLike | None = None
+    use_wandb: bool = False
+    wandb_project: str = "utils-transformer-tests"
+    wandb_prefix: str = ""
+    progress: bool = True
+    monitor: str = "val/loss"  # the epoch-row metric that picks best.pt
+    mode: str = "min"  # 'min': lower is better
+    load_best: bool = False  # load best.pt's weights into the model at the end
+
+    def __post_init__(self) -> None:
+        for name in ("n_epochs", "batch_size", "gradient_accumulation_steps", "log_every", "max_corpus_bytes"):
+            check_positive_int(getattr(self, name), name)
+        for name in ("max_steps", "seq_len", "max_val_batches"):
+            check_positive_int(getattr(self, name), name, allow_none=True)
+        check_non_negative_int(self.warmup_steps, "warmup_steps", allow_none=True)
+        check_positive_number(self.learning_rate, "learning_rate")
+        check_positive_number(self.init_loss_scale, "init_loss_scale")
+        check_positive_number(self.grad_clip, "grad_clip", allow_none=True)
+        check_non_negative_number(self.weight_decay, "weight_decay")
+        check_int(self.seed, "seed")
+        for name in ("use_wandb", "progress", "load_best"):
+            check_bool(getattr(self, name), name)
+        check_choice(self.monitor, "monitor", EPOCH_ROW_KEYS)
+        check_choice(self.mode, "mode", MODES)
+        check_str(self.wandb_project, "wandb_project")
+        if not isinstance(self.wandb_prefix, str):
+            raise ValueError(f"wandb_prefix must be a string, got {self.wandb_prefix!r}")
+        validate_precision_args(self.precision, self.use_amp)
+        resolve_device(self.device)  # an unknown or unavailable device fails here, before any work
+        _compile_options(self.compile)
+        object.__setattr__(self, "checkpoint_dir", ckpt.check_checkpoint_dir(self.checkpoint_dir))
+        if self.load_best and self.checkpoint_dir is None:
+            raise ValueError("load_best=True needs checkpoint_dir=, the folder where best.pt is kept; pass one")
+        if self.resume_from is not None and not isinstance(self.resume_from, (str, os.PathLike)):
+            raise TypeError(f"resume_from must be a checkpoint file path, got {type(self.resume_from).__name__}")
+
+    @property
+    def compile_options(self) -> dict[str, Any] | None:
+        """``torch.compile`` keyword arguments, or None for eager."""
+        return _compile_options(self.compile)
+
+    def replace(self, **changes: Any) -> TrainingSettings:
+        """A copy with ``changes``, validated again."""
+        return dataclasses.replace(self, **changes)
+
+
+def _compile_options(compile: Any) -> dict[str, Any] | None:
+    """``compile=`` as ``torch.compile`` keyword arguments, or None for eager."""
+    if compile is False:
+        return None
+    if compile is True:
+        return {}
+    if isinstance(compile, dict):
+        return dict(compile)
+    raise TypeError(
+        f"compile must be True, False or a dict of torch.compile arguments (e.g. {{'mode': 'max-autotune'}}), "
+        f"got {compile!r}"
+    )
+
+
+def total_steps(n_batches: int, settings: TrainingSettings) -> int:
+    """The optimizer steps a run takes over ``n_batches`` training batches per epoch, ``max_steps`` included."""
+    steps_per_epoch = math.ceil(n_batches / settings.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * settings.n_epochs
+    return min(total_steps, settings.max_steps) if settings.max_steps is not None else total_steps
+
+
+__all__ = ["EPOCH_ROW_KEYS", "TrainingSettings", "total_steps"]

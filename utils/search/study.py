@@ -1,0 +1,96 @@
+"""The optuna study of a hyperparameter search: optuna itself, the pruner, the storage and resuming.
+
+A search keeps its study in memory, or in an optuna storage (``'sqlite:///search.db'``) by
+name, so that running the same call again resumes it: ``open_study`` creates or loads it,
+and ``fail_interrupted_trials`` closes the trial a killed search left running. A storage URL
+is shown with its password masked (``mask_password``).
+
+Example:
+    >>> optuna = import_optuna()
+    >>> study = open_study(optuna, "sqlite:///search.db", "my-search", seed=0, pruner=resolve_pruner(optuna, "median"))
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from utils.optional import import_optional
+
+# The median pruner compares a trial with the finished ones; optuna's default of 5 leaves a
+# 10-trial search almost nothing to prune.
+MEDIAN_PRUNER_STARTUP_TRIALS = 2
+
+
+def import_optuna() -> types.ModuleType:
+    """The ``optuna`` module, or an ImportError that says how to install it."""
+    return import_optional("optuna", "test_hyperparameter_search")
+
+
+def resolve_pruner(optuna: types.ModuleType, pruner: Any) -> Any:
+    if isinstance(pruner, optuna.pruners.BasePruner):
+        return pruner
+    if pruner is None or (isinstance(pruner, str) and pruner == "none"):
+        return optuna.pruners.NopPruner()
+    if isinstance(pruner, str) and pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_PRUNER_STARTUP_TRIALS, n_warmup_steps=0)
+    raise ValueError(
+        f"pruner must be 'median', 'none' or an optuna pruner such as optuna.pruners.HyperbandPruner(), got {pruner!r}"
+    )
+
+
+@contextmanager
+def quiet_optuna_logging(optuna: types.ModuleType) -> Iterator[None]:
+    """Optuna logs every trial at INFO, which floods a notebook; show warnings only, then restore."""
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+def open_study(optuna: types.ModuleType, storage: Any, study_name: str | None, seed: int, pruner: Any) -> Any:
+    """A new study, or the stored one of that name, minimising the validation loss."""
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name,
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            pruner=pruner,
+            direction="minimize",
+            load_if_exists=True,
+        )
+    except ImportError:
+        raise  # optuna's own install hint (SQLAlchemy for a database storage)
+    except Exception as err:  # SQLAlchemy's errors for a bad URL or folder share no base class with ours
+        cause = getattr(err, "orig", None) or err  # the driver's own line, without SQLAlchemy's background text
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise ValueError(
+            f"storage={mask_password(storage)!r} cannot be opened ({type(cause).__name__}: {reason}); pass a URL "
+            "such as 'sqlite:///search.db' whose folder exists, or storage=None to keep the study in memory"
+        ) from err
+    if study.direction != optuna.study.StudyDirection.MINIMIZE:  # a stored study of that name made elsewhere
+        raise ValueError(f"study_name={study_name!r} in this storage maximises its objective; pick another name")
+    return study
+
+
+def mask_password(storage: Any) -> Any:
+    """A storage URL with any password replaced by '***', for messages and reports."""
+    if not isinstance(storage, str):
+        return storage
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", storage)
+
+
+def fail_interrupted_trials(optuna: types.ModuleType, study: Any) -> None:
+    """A killed search leaves its last trial RUNNING in the storage; close it as failed before resuming."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def finished_trials(optuna: types.ModuleType, study: Any) -> list[Any]:
+    states = optuna.trial.TrialState
+    return study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.FAIL))

@@ -51,6 +51,7 @@ from utils.search.space import (  # noqa: F401
 )
 from utils.search.study import (  # noqa: F401
     MEDIAN_PRUNER_STARTUP_TRIALS,
+    check_storage_driver,
     fail_interrupted_trials,
     import_optuna,
     mask_password,
@@ -162,7 +163,8 @@ def test_hyperparameter_search(
         ``best_model`` and ``best_results`` (``test_fine_tuning``'s results, with its figure).
 
     Raises:
-        ImportError: optuna is not installed.
+        ImportError: optuna is not installed, or the database driver a storage URL needs is not (checked
+            without contacting the database).
         TypeError, ValueError: on a bad argument, a bad search space, an unknown training option or a
             storage that cannot be opened, before any trial runs. A trial that fails (a NaN loss, CUDA
             out of memory) is recorded as failed with its reason, and the search goes on.
@@ -216,6 +218,7 @@ def _check_search_args(
         raise ValueError(
             "storage= needs study_name= too, the name to resume the search by; pass e.g. study_name='my-search'"
         )
+    check_storage_driver(storage)
 
 
 def _base_settings(

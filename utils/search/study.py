@@ -3,7 +3,8 @@
 A search keeps its study in memory, or in an optuna storage (``'sqlite:///search.db'``) by
 name, so that running the same call again resumes it: ``open_study`` creates or loads it,
 and ``fail_interrupted_trials`` closes the trial a killed search left running. A storage URL
-is shown with its password masked (``mask_password``).
+is shown with its password masked (``mask_password``), and one whose database driver is not
+installed is refused up front, with the package to install (``check_storage_driver``).
 
 Example:
     >>> optuna = import_optuna()
@@ -13,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import re
+import shlex
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +22,16 @@ from typing import Any
 
 from utils.optional import import_optional
 
+# pip packages of the database drivers SQLAlchemy imports, where they differ from the module's name.
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "pymysql": "PyMySQL",
+    "MySQLdb": "mysqlclient",
+    "mysql": "mysql-connector-python",
+}
+# For a URL that names no driver ('postgresql://'), the other common one, named in the URL.
+_OTHER_DRIVERS = {"postgresql": ("psycopg2", "psycopg"), "mysql": ("pymysql",)}
 # The median pruner compares a trial with the finished ones; optuna's default of 5 leaves a
 # 10-trial search almost nothing to prune.
 MEDIAN_PRUNER_STARTUP_TRIALS = 2
@@ -51,6 +63,57 @@ def quiet_optuna_logging(optuna: types.ModuleType) -> Iterator[None]:
         yield
     finally:
         optuna.logging.set_verbosity(previous)
+
+
+def check_storage_driver(storage: Any) -> None:
+    """Refuse a storage URL whose database driver is not installed, before anything is built or opened.
+
+    The driver is found as SQLAlchemy finds it, by importing the module its dialect names: no
+    server is contacted. Anything else (a storage object, no SQLAlchemy, a URL it cannot read)
+    is left to optuna, whose error ``open_study`` reports.
+
+    Raises:
+        ImportError: naming the storage (password masked), the driver and the package to install.
+    """
+    try:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+    except ImportError:
+        return
+    if not isinstance(storage, str):
+        return
+    try:
+        url = make_url(storage)
+        dialect = url.get_dialect()
+    except (ArgumentError, ImportError):
+        return
+    load_driver = getattr(dialect, "import_dbapi", None) or getattr(dialect, "dbapi", None)  # SQLAlchemy 2 / 1.4
+    try:
+        if callable(load_driver):
+            load_driver()
+    except ImportError as err:
+        module = (err.name if isinstance(err, ModuleNotFoundError) and err.name else dialect.driver).split(".")[0]
+        raise ImportError(
+            f"storage={mask_password(storage)!r} needs the database driver {module!r} (SQLAlchemy's driver for "
+            f"'{url.drivername}://' URLs), which cannot be imported: {err}; install it with "
+            f"`pip install {_package(module)}`{_other_driver(url, module)}, or pass "
+            "storage=None to keep the study in memory"
+        ) from err
+
+
+def _package(module: str) -> str:
+    """The pip package of a driver module, quoted for a shell ('psycopg[binary]')."""
+    return shlex.quote(DRIVER_PACKAGES.get(module, module))
+
+
+def _other_driver(url: Any, module: str) -> str:
+    """For a URL without '+driver': the other common driver, and how to name it in the URL."""
+    if "+" in url.drivername:
+        return ""
+    for other in _OTHER_DRIVERS.get(url.get_backend_name(), ()):
+        if other != module:
+            return f" (or `pip install {_package(other)}` and write the URL as '{url.drivername}+{other}://...')"
+    return ""
 
 
 def open_study(optuna: types.ModuleType, storage: Any, study_name: str | None, seed: int, pruner: Any) -> Any:

@@ -43,6 +43,7 @@ def import_optuna() -> types.ModuleType:
 
 
 def resolve_pruner(optuna: types.ModuleType, pruner: Any) -> Any:
+    """The optuna pruner for ``pruner=``: 'median', 'none' (or None), or an optuna pruner as it is."""
     if isinstance(pruner, optuna.pruners.BasePruner):
         return pruner
     if pruner is None or (isinstance(pruner, str) and pruner == "none"):
@@ -155,5 +156,6 @@ def fail_interrupted_trials(optuna: types.ModuleType, study: Any) -> None:
 
 
 def finished_trials(optuna: types.ModuleType, study: Any) -> list[Any]:
+    """The study's trials that ended: complete, pruned or failed (they count towards ``n_trials``)."""
     states = optuna.trial.TrialState
     return study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.FAIL))

@@ -151,6 +151,7 @@ def _free_memory(device: torch.device) -> None:
 
 
 def collect_results(optuna: types.ModuleType, study: Any, n_parameters: int, timed_out: bool) -> dict[str, Any]:
+    """The search's results from its study: the best trial, the trials table, importances and the figure."""
     states = optuna.trial.TrialState
     trials = study.get_trials(deepcopy=False)
     completed = [t for t in trials if t.state == states.COMPLETE]

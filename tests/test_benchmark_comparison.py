@@ -23,6 +23,7 @@ from tiny_models import TINY, TorchEncoderLM
 
 from utils import models
 from utils import tier3_benchmark_comparison as bc
+from utils.compare import measure, verdict
 from utils.model_helpers import count_parameters
 from utils.training import loop
 
@@ -168,7 +169,7 @@ def test_comparison_runs_offline_on_three_kinds_of_model(kind, no_network, engin
     assert row.at["val perplexity", "yours"] == pytest.approx(math.exp(row.at["val loss", "yours"]))
     assert "estimate" in row.at["peak training memory (MB)", "note"]  # labelled: no allocator on a CPU
     fig = report["figure"]
-    assert isinstance(fig, Figure) and len(fig.axes) == 1 + len(bc._BAR_METRICS)
+    assert isinstance(fig, Figure) and len(fig.axes) == 1 + len(verdict.BAR_METRICS)
     assert len(fig.axes[0].get_lines()) == 4  # two loss curves, two val points
 
     # The default baseline is the built-in GPT, sized to this model within the stated tolerance.
@@ -212,14 +213,14 @@ def test_same_design_and_seed_gives_the_same_numbers():
 
 def test_inference_is_timed_by_tier1_with_the_models_taking_turns(monkeypatch):
     calls = []
-    real = bc.tier1.test_inference_speed
+    real = measure.tier1.test_inference_speed
 
     def spy(model, config, **kwargs):
         result = real(model, config, **kwargs)
         calls.append((model, result["latencies_ms"]["fp32"], kwargs))
         return result
 
-    monkeypatch.setattr(bc.tier1, "test_inference_speed", spy)
+    monkeypatch.setattr(measure.tier1, "test_inference_speed", spy)
     model, config = _build("gpt")
     report = bc.test_benchmark_comparison(model, config, **RUN)
     assert len(calls) == 2 * bc.LATENCY_ROUNDS
@@ -384,37 +385,6 @@ def test_parameter_count_formula_matches_the_built_model(sizes):
     model, config = models.tiny_gpt(**sizes)
     count = bc.gpt_parameter_count(config.vocab_size, config.max_seq_len, config.d_model, config.n_layers)
     assert count == count_parameters(model)["total"]
-
-
-def _summary(yours_loss, base_loss, yours_acc=0.4, base_acc=0.4):
-    def results(loss, acc):
-        return {
-            "parameters": 1000,
-            "val_loss": loss,
-            "val_accuracy": acc,
-            "throughput": {"tokens_per_second": 100.0},
-            "step_time_ms": 10.0,
-            "latency_median_ms": 1.0,
-            "latency_p95_ms": 1.2,
-            "peak_memory_mb": 5.0,
-            "memory_method": "estimate",
-        }
-
-    return bc._summary_table(results(yours_loss, yours_acc), results(base_loss, base_acc), "")
-
-
-@pytest.mark.parametrize(
-    "yours_loss, judgement", [(1.90, "better"), (2.00, "about equal"), (2.03, "about equal"), (2.10, "worse")]
-)
-def test_verdict_judges_by_val_loss_with_a_margin(yours_loss, judgement):
-    got, line = bc._verdict(_summary(yours_loss, 2.00), comparable=True)
-    assert got == judgement
-    assert line.startswith(f"your model reaches val loss {yours_loss:.2f} vs the baseline's 2.00 at 1.00x")
-
-
-def test_verdict_judges_by_accuracy_across_vocabularies():
-    got, line = bc._verdict(_summary(2.0, 2.0, yours_acc=0.30, base_acc=0.40), comparable=False)
-    assert got == "worse" and "next-token accuracy 30.0% vs the baseline's 40.0%" in line
 
 
 @pytest.mark.parametrize(

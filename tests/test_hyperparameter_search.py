@@ -8,9 +8,12 @@ real SQLite storage under tmp_path. The library's test_* function is reached thr
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -325,6 +328,28 @@ def test_a_stored_study_of_that_name_that_maximises_is_refused(tmp_path):
     with pytest.raises(ValueError, match="study_name='accuracy' in this storage maximises"):
         _search(factory, storage=url, study_name="accuracy", search_space={"learning_rate": [1e-3]})
     assert factory.calls <= 1 and optuna.load_study(study_name="accuracy", storage=url).trials == []
+
+
+def test_a_storage_whose_driver_is_missing_is_refused_before_any_trial(monkeypatch):
+    """A postgresql:// URL without its driver: a clear ImportError up front, no server contacted, no model built."""
+    if importlib.util.find_spec("psycopg") or importlib.util.find_spec("psycopg2"):
+        pytest.skip("a PostgreSQL driver is installed here")
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("the test tried to reach a server")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    factory = TinyFactory()
+    with pytest.raises(ImportError) as caught:
+        _search(factory, storage="postgresql://user:secret@host/db", study_name="s", n_trials=2)
+    message = str(caught.value)
+    assert "storage='postgresql://user:***@host/db' needs the database driver 'psycopg" in message
+    assert re.search(r"`pip install '?psycopg", message) and "storage=None" in message
+    assert "secret" not in message
+    assert factory.calls == 0 and attempts == []
 
 
 def test_without_optuna_the_error_says_how_to_install_it(monkeypatch):

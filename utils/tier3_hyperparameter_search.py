@@ -8,12 +8,11 @@ stop a poor trial early. Only optuna's core API is used (a seeded
 ``TPESampler``, its pruners, its storages and ``get_param_importances``), and
 optuna is imported only when a search runs.
 
-The search space names ``test_fine_tuning`` keywords. Each entry is one of:
-
-- ``(low, high)``: a uniform range (integers for ``batch_size``,
-  ``warmup_steps`` and ``gradient_accumulation_steps``, floats otherwise);
-- ``(low, high, 'log')``: the same on a log scale (``low`` > 0);
-- ``[a, b, c]``: a list of choices (``None`` is a valid choice for ``grad_clip``).
+The search space names ``test_fine_tuning`` keywords: ``(low, high)``,
+``(low, high, 'log')`` or a list of choices (see ``utils.search.space``). The
+parts live in ``utils.search``: ``space`` (the search space), ``study`` (optuna,
+the pruner, the storage and resuming), ``trials`` (running and reading trials)
+and ``figure``.
 
 Example:
     >>> from utils.models import tiny_gpt
@@ -31,44 +30,49 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import gc
-import math
-import re
-import time
-import types
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from utils.checks import check_bool, check_int, check_positive_int, check_positive_number, check_str, is_int, is_number
+# noqa: F401 below: besides what it calls, this path re-exports the names it has always offered,
+# defined in utils.search now.
+from utils.checks import check_bool, check_int, check_positive_int, check_positive_number, check_str
 from utils.device import resolve_device
 from utils.model_helpers import count_parameters
-from utils.optional import import_optional
-from utils.progress import progress_bar
+from utils.search.figure import create_search_figure  # noqa: F401
+from utils.search.space import (  # noqa: F401
+    DEFAULT_SEARCH_SPACE,
+    INTEGER_KEYWORDS,
+    SearchDimension,
+    parse_search_space,
+    resolve_space,
+)
+from utils.search.study import (  # noqa: F401
+    MEDIAN_PRUNER_STARTUP_TRIALS,
+    check_storage_driver,
+    fail_interrupted_trials,
+    import_optuna,
+    mask_password,
+    open_study,
+    quiet_optuna_logging,
+    resolve_pruner,
+)
+from utils.search.trials import (  # noqa: F401
+    FAIL_REASON_ATTR,
+    IMPORTANCE_MIN_TRIALS,
+    INTERRUPTED_REASON,
+    PRUNED_AT_ATTR,
+    EpochReporter,
+    SearchPlan,
+    collect_results,
+    run_trials,
+    trials_table,
+)
 from utils.training import loop
 from utils.training.plots import create_training_figure
 
-if TYPE_CHECKING:  # pandas, matplotlib and optuna load when a search runs, never on import
-    import optuna
-    import pandas as pd
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
-
-# Sized for the built-in tiny GPT on a 2-core CPU: 10 trials take a minute or two.
-DEFAULT_SEARCH_SPACE: dict[str, tuple | list] = {
-    "learning_rate": (1e-5, 1e-2, "log"),
-    "weight_decay": (0.0, 0.1),
-    "warmup_steps": (0, 10),
-    "batch_size": [4, 8, 16],
-    "grad_clip": (0.5, 2.0),
-    "gradient_accumulation_steps": [1, 2],
-}
-INTEGER_KEYWORDS = frozenset({"warmup_steps", "batch_size", "gradient_accumulation_steps"})
 # Training options whose search defaults differ from test_fine_tuning's. A small corpus keeps every epoch
 # short, so the pruner sees each one; the whole validation set (no batch cap) keeps the objective the same
 # text for every trial, whatever batch size it draws.
@@ -82,13 +86,6 @@ RESERVED_OPTIONS = {
     "monitor": "the search minimises the validation loss ('val/loss')",
     "mode": "the search minimises the validation loss ('val/loss')",
 }
-# The median pruner compares a trial with the finished ones; optuna's default of 5 leaves a
-# 10-trial search almost nothing to prune.
-MEDIAN_PRUNER_STARTUP_TRIALS = 2
-IMPORTANCE_MIN_TRIALS = 4  # completed trials before parameter importances mean anything
-FAIL_REASON_ATTR = "fail_reason"
-PRUNED_AT_ATTR = "pruned_at_epoch"
-INTERRUPTED_REASON = "interrupted: the search stopped during this trial; it was marked failed when the search resumed"
 
 __all__ = [
     "DEFAULT_SEARCH_SPACE",
@@ -98,39 +95,6 @@ __all__ = [
     "test_hyperparameter_search",
     "trials_table",
 ]
-
-
-@dataclass(frozen=True)
-class SearchDimension:
-    """One searched keyword: a float or integer range (log scale or not), or a list of choices."""
-
-    name: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
-    choices: tuple[Any, ...] | None = None
-
-    def suggest(self, trial: optuna.Trial) -> Any:
-        if self.choices is not None:
-            return trial.suggest_categorical(self.name, list(self.choices))
-        if self.integer:
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
-
-
-@dataclass(frozen=True)
-class SearchPlan:
-    """What every trial shares: how to build the model, its data, the searched space and the fixed settings."""
-
-    model_factory: Callable[[], nn.Module]
-    config: Any
-    train_data: Any
-    val_data: Any
-    space: dict[str, SearchDimension]
-    settings: loop.TrainingSettings  # per-trial settings before the drawn params (progress off, step cap on)
-    seed: int
-    device: torch.device
 
 
 def test_hyperparameter_search(
@@ -199,7 +163,8 @@ def test_hyperparameter_search(
         ``best_model`` and ``best_results`` (``test_fine_tuning``'s results, with its figure).
 
     Raises:
-        ImportError: optuna is not installed.
+        ImportError: optuna is not installed, or the database driver a storage URL needs is not (checked
+            without contacting the database).
         TypeError, ValueError: on a bad argument, a bad search space, an unknown training option or a
             storage that cannot be opened, before any trial runs. A trial that fails (a NaN loss, CUDA
             out of memory) is recorded as failed with its reason, and the search goes on.
@@ -207,17 +172,17 @@ def test_hyperparameter_search(
     optuna = import_optuna()
     _check_search_args(n_trials, max_steps_per_trial, timeout_s, storage, study_name, retrain_best, progress)
     settings = _base_settings(training_options, n_epochs, max_steps_per_trial, seed, device, precision)
-    space = _resolve_space(search_space, training_options, settings)
-    chosen_pruner = _resolve_pruner(optuna, pruner)
+    space = resolve_space(search_space, training_options, settings)
+    chosen_pruner = resolve_pruner(optuna, pruner)
     n_parameters = _check_model_factory(model_factory)
     plan = SearchPlan(
         model_factory, config, train_data, val_data, space, settings, seed, resolve_device(settings.device)
     )
-    with _quiet_optuna_logging(optuna):
-        study = _open_study(optuna, storage, study_name, seed, chosen_pruner)
-        _fail_interrupted_trials(optuna, study)
-        timed_out = _run_trials(optuna, study, plan, n_trials, timeout_s, progress)
-        results = _collect_results(optuna, study, n_parameters, timed_out)
+    with quiet_optuna_logging(optuna):
+        study = open_study(optuna, storage, study_name, seed, chosen_pruner)
+        fail_interrupted_trials(optuna, study)
+        timed_out = run_trials(optuna, study, plan, n_trials, timeout_s, progress)
+        results = collect_results(optuna, study, n_parameters, timed_out)
     if retrain_best and results["best_params"] is not None:
         results["best_model"], results["best_results"] = _retrain_best(plan, results["best_params"], progress)
     elif retrain_best:
@@ -226,11 +191,6 @@ def test_hyperparameter_search(
 
 
 test_hyperparameter_search.__test__ = False  # a library function, not a pytest test
-
-
-def import_optuna() -> types.ModuleType:
-    """The ``optuna`` module, or an ImportError that says how to install it."""
-    return import_optional("optuna", "test_hyperparameter_search")
 
 
 # -- checks, before any trial ---------------------------------------------------
@@ -258,6 +218,7 @@ def _check_search_args(
         raise ValueError(
             "storage= needs study_name= too, the name to resume the search by; pass e.g. study_name='my-search'"
         )
+    check_storage_driver(storage)
 
 
 def _base_settings(
@@ -289,100 +250,6 @@ def _base_settings(
     )
 
 
-def _resolve_space(
-    search_space: Mapping[str, Any] | None, training_options: dict[str, Any], settings: loop.TrainingSettings
-) -> dict[str, SearchDimension]:
-    """The parsed search space; a keyword may be searched or fixed, not both."""
-    if search_space is None:
-        return parse_search_space(_default_space(training_options, settings.max_steps), settings)
-    both = sorted(set(training_options) & set(search_space)) if isinstance(search_space, Mapping) else []
-    if both:
-        raise ValueError(f"{both} are both searched (search_space) and fixed (training options); drop one")
-    return parse_search_space(search_space, settings)
-
-
-def _default_space(training_options: dict[str, Any], max_steps: int | None) -> dict[str, Any]:
-    """``DEFAULT_SEARCH_SPACE`` less the fixed keywords, its warmup kept to half the step cap."""
-    space = {k: v for k, v in DEFAULT_SEARCH_SPACE.items() if k not in training_options}
-    if "warmup_steps" in space and max_steps is not None:
-        # The engine refuses a warmup longer than the run; a short cap would fail most trials.
-        low, high = space["warmup_steps"]
-        space["warmup_steps"] = (low, min(high, max_steps // 2))
-        if max_steps // 2 <= low:
-            del space["warmup_steps"]
-    if not space:
-        raise ValueError("every searchable keyword is fixed in the training options; leave one to search")
-    return space
-
-
-def parse_search_space(
-    search_space: Mapping[str, Any], settings: loop.TrainingSettings | None = None
-) -> dict[str, SearchDimension]:
-    """Check a ``{keyword: spec}`` search space and parse it (see the module docstring for the format).
-
-    Every bound and choice is checked as the setting it will become (``settings.replace``), so a
-    ``batch_size`` of 0 or a negative ``learning_rate`` is refused here rather than in a trial.
-
-    Raises:
-        ValueError: an unknown keyword, an empty space, or a malformed range or choice list.
-    """
-    if not isinstance(search_space, Mapping) or not search_space:
-        raise ValueError(
-            "search_space must be a non-empty dict such as {'learning_rate': (1e-4, 1e-2, 'log'), "
-            f"'batch_size': [4, 8]}}, got {search_space!r}"
-        )
-    unknown = sorted(str(name) for name in search_space if name not in DEFAULT_SEARCH_SPACE)
-    if unknown:
-        raise ValueError(f"search_space names unknown keyword(s) {unknown}; searchable: {list(DEFAULT_SEARCH_SPACE)}")
-    settings = settings if settings is not None else loop.TrainingSettings(progress=False)
-    return {name: _parse_dimension(name, spec, settings) for name, spec in search_space.items()}
-
-
-def _parse_dimension(name: str, spec: Any, settings: loop.TrainingSettings) -> SearchDimension:
-    where = f"search_space[{name!r}] = {spec!r}"
-    if isinstance(spec, list):
-        if not spec:
-            raise ValueError(f"{where}: give at least one choice, e.g. [2, 4, 8]")
-        for value in spec:
-            _check_setting(name, value, settings, where)
-        return SearchDimension(name, choices=tuple(spec))
-    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
-        raise ValueError(f"{where}: give (low, high), (low, high, 'log') or a list of choices")
-    low, high, scale = spec if len(spec) == 3 else (*spec, "linear")
-    if scale not in ("linear", "log"):
-        raise ValueError(f"{where}: the third item must be 'log' (or 'linear'), got {scale!r}")
-    integer = name in INTEGER_KEYWORDS
-    if integer and not (is_int(low) and is_int(high)):
-        raise ValueError(f"{where}: {name} is a whole number; give integer bounds, e.g. (2, 16)")
-    if not (is_number(low) and is_number(high) and math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(f"{where}: the bounds must be finite numbers with low < high")
-    if scale == "log" and low <= 0:
-        raise ValueError(f"{where}: a log range needs low > 0")
-    for value in (low, high):
-        _check_setting(name, value, settings, where)
-    return SearchDimension(name, low=low, high=high, log=scale == "log", integer=integer)
-
-
-def _check_setting(name: str, value: Any, settings: loop.TrainingSettings, where: str) -> None:
-    """The same check the value meets when a trial uses it."""
-    try:
-        settings.replace(**{name: value})
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: {err}") from err
-
-
-def _resolve_pruner(optuna: types.ModuleType, pruner: Any) -> Any:
-    if isinstance(pruner, optuna.pruners.BasePruner):
-        return pruner
-    if pruner is None or (isinstance(pruner, str) and pruner == "none"):
-        return optuna.pruners.NopPruner()
-    if isinstance(pruner, str) and pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_PRUNER_STARTUP_TRIALS, n_warmup_steps=0)
-    raise ValueError(
-        f"pruner must be 'median', 'none' or an optuna pruner such as optuna.pruners.HyperbandPruner(), got {pruner!r}"
-    )
-
-
 def _check_model_factory(model_factory: Any) -> int:
     """Call the factory once, to check what it returns; the model's parameter count."""
     if isinstance(model_factory, nn.Module) or not callable(model_factory):
@@ -398,238 +265,7 @@ def _check_model_factory(model_factory: Any) -> int:
     return count_parameters(model)["total"]
 
 
-# -- the study -------------------------------------------------------------------
-
-
-@contextmanager
-def _quiet_optuna_logging(optuna: types.ModuleType) -> Iterator[None]:
-    """Optuna logs every trial at INFO, which floods a notebook; show warnings only, then restore."""
-    previous = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(previous)
-
-
-def _open_study(optuna: types.ModuleType, storage: Any, study_name: str | None, seed: int, pruner: Any) -> Any:
-    """A new study, or the stored one of that name, minimising the validation loss."""
-    try:
-        study = optuna.create_study(
-            storage=storage,
-            study_name=study_name,
-            sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=pruner,
-            direction="minimize",
-            load_if_exists=True,
-        )
-    except ImportError:
-        raise  # optuna's own install hint (SQLAlchemy for a database storage)
-    except Exception as err:  # SQLAlchemy's errors for a bad URL or folder share no base class with ours
-        cause = getattr(err, "orig", None) or err  # the driver's own line, without SQLAlchemy's background text
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise ValueError(
-            f"storage={mask_password(storage)!r} cannot be opened ({type(cause).__name__}: {reason}); pass a URL "
-            "such as 'sqlite:///search.db' whose folder exists, or storage=None to keep the study in memory"
-        ) from err
-    if study.direction != optuna.study.StudyDirection.MINIMIZE:  # a stored study of that name made elsewhere
-        raise ValueError(f"study_name={study_name!r} in this storage maximises its objective; pick another name")
-    return study
-
-
-def mask_password(storage: Any) -> Any:
-    """A storage URL with any password replaced by '***', for messages and reports."""
-    if not isinstance(storage, str):
-        return storage
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", storage)
-
-
-def _fail_interrupted_trials(optuna: types.ModuleType, study: Any) -> None:
-    """A killed search leaves its last trial RUNNING in the storage; close it as failed before resuming."""
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-
-
-def _finished_trials(optuna: types.ModuleType, study: Any) -> list[Any]:
-    states = optuna.trial.TrialState
-    return study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.FAIL))
-
-
-def _run_trials(
-    optuna: types.ModuleType, study: Any, plan: SearchPlan, n_trials: int, timeout_s: float | None, progress: bool
-) -> bool:
-    """Run trials until the study holds ``n_trials`` finished ones; True when the timeout stopped it."""
-    done = len(_finished_trials(optuna, study))
-    bar = progress_bar(
-        total=n_trials, initial=min(done, n_trials), desc="hyperparameter search", unit="trial", enabled=progress
-    )
-    start_s = time.perf_counter()
-    try:
-        for _ in range(n_trials - done):
-            _run_trial(optuna, study, plan)
-            bar.update(1)
-            bar.set_postfix(**_progress_postfix(optuna, study), refresh=False)
-            if timeout_s is not None and time.perf_counter() - start_s >= timeout_s:
-                return len(_finished_trials(optuna, study)) < n_trials
-    finally:
-        bar.close()
-    return False
-
-
-def _progress_postfix(optuna: types.ModuleType, study: Any) -> dict[str, str]:
-    trials = _finished_trials(optuna, study)
-    values = [t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
-    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
-    best = f"{min(values):.4f}" if values else "none yet"
-    return {"best": best, "pruned": str(pruned), "failed": str(failed)}
-
-
-def _run_trial(optuna: types.ModuleType, study: Any, plan: SearchPlan) -> None:
-    """Ask for a trial, train it, and tell the study how it ended: complete, pruned, or failed with its reason."""
-    states = optuna.trial.TrialState
-    trial = study.ask()
-    try:
-        value = _train_trial(optuna, trial, plan)
-    except optuna.TrialPruned:
-        study.tell(trial, state=states.PRUNED)
-    except Exception as err:  # a NaN loss, CUDA out of memory, a bad combination: this trial fails, the search goes on
-        trial.set_user_attr(FAIL_REASON_ATTR, f"{type(err).__name__}: {err}")
-        study.tell(trial, state=states.FAIL)
-    except KeyboardInterrupt:
-        trial.set_user_attr(FAIL_REASON_ATTR, "interrupted (KeyboardInterrupt)")
-        study.tell(trial, state=states.FAIL)
-        raise
-    else:
-        study.tell(trial, value)
-    finally:
-        # The exception (and the frames holding the model) is gone by now, so its memory can be returned.
-        _free_memory(plan.device)
-
-
-def _train_trial(optuna: types.ModuleType, trial: Any, plan: SearchPlan) -> float:
-    """One real training run with the trial's params; its final validation loss."""
-    params = {name: dimension.suggest(trial) for name, dimension in plan.space.items()}
-    settings = plan.settings.replace(**params)
-    reporter = EpochReporter(trial, settings)
-    loop.seed_everything(plan.seed)  # every trial starts from the same initial weights
-    results = loop.train(
-        plan.model_factory(), plan.config, settings, plan.train_data, plan.val_data, callbacks=[reporter]
-    )
-    if reporter.pruned_at_epoch is not None:
-        trial.set_user_attr(PRUNED_AT_ATTR, reporter.pruned_at_epoch)
-        raise optuna.TrialPruned(f"pruned after epoch {reporter.pruned_at_epoch}")
-    value = results["val_loss"]
-    if value is None or not math.isfinite(value):
-        raise loop.NonFiniteLossError(f"the final validation loss is {value}")
-    return float(value)
-
-
-class EpochReporter:
-    """Engine callback: report each epoch's validation loss to the trial, and stop training when it is pruned."""
-
-    def __init__(self, trial: Any, settings: loop.TrainingSettings) -> None:
-        self.trial = trial
-        self.settings = settings
-        self.pruned_at_epoch: int | None = None
-
-    def on_epoch_end(self, state: loop.TrainingState, row: dict[str, Any]) -> None:
-        self.trial.report(row["val/loss"], step=state.epoch)
-        max_steps = self.settings.max_steps
-        last_epoch = state.epoch == self.settings.n_epochs - 1 or (
-            max_steps is not None and state.optimizer_step >= max_steps
-        )
-        # A trial that has run its whole budget keeps its value: pruning it then saves nothing.
-        if not last_epoch and self.trial.should_prune():
-            self.pruned_at_epoch = state.epoch
-            state.stop_training = True
-
-
-def _free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-# -- results ---------------------------------------------------------------------
-
-
-def _collect_results(optuna: types.ModuleType, study: Any, n_parameters: int, timed_out: bool) -> dict[str, Any]:
-    states = optuna.trial.TrialState
-    trials = study.get_trials(deepcopy=False)
-    completed = [t for t in trials if t.state == states.COMPLETE]
-    best = min(completed, key=lambda t: t.value) if completed else None
-    if best is None:
-        _warn_nothing_completed(trials)
-    importances, note = _param_importances(optuna, study, len(completed))
-    title = f"Hyperparameter search: {len(trials)} trials, {n_parameters:,}-parameter model"
-    return {
-        "best_params": dict(best.params) if best else None,
-        "best_value": best.value if best else None,
-        "best_trial": best.number if best else None,
-        "trials": trials_table(trials),
-        "importances": importances,
-        "figure": create_search_figure(trials, importances, importance_note=note, title=title),
-        "study": study,
-        "n_pruned": sum(t.state == states.PRUNED for t in trials),
-        "n_failed": sum(t.state == states.FAIL for t in trials),
-        "timed_out": timed_out,
-        "parameters": n_parameters,
-    }
-
-
-def _warn_nothing_completed(trials: Sequence[Any]) -> None:
-    reasons = sorted({_fail_reason(t) for t in trials if t.state.name == "FAIL"} - {None})
-    warnings.warn(
-        f"no trial of {len(trials)} completed, so there are no best params; failure reasons: {reasons[:3]} "
-        "(all in results['trials']['fail_reason'])",
-        stacklevel=4,  # the caller of test_hyperparameter_search
-    )
-
-
-def _param_importances(optuna: types.ModuleType, study: Any, n_completed: int) -> tuple[dict | None, str]:
-    """optuna's parameter importances, or None and a note saying why not."""
-    if n_completed < IMPORTANCE_MIN_TRIALS:
-        return None, f"importances need {IMPORTANCE_MIN_TRIALS} completed trials; {n_completed} completed"
-    try:
-        with warnings.catch_warnings():  # its small-sample heuristics warn on every short search
-            warnings.simplefilter("ignore")
-            return dict(optuna.importance.get_param_importances(study)), ""
-    except (ValueError, RuntimeError) as err:  # e.g. every completed trial drew the same params
-        return None, f"importances unavailable: {err}"
-
-
-def _fail_reason(trial: Any) -> str | None:
-    if trial.state.name != "FAIL":
-        return None
-    return trial.user_attrs.get(FAIL_REASON_ATTR, INTERRUPTED_REASON)
-
-
-def trials_table(trials: Sequence[Any]) -> pd.DataFrame:
-    """The trials as a DataFrame, one row each.
-
-    Columns: number, state, value (a pruned trial's is its last reported validation loss), one per
-    param, epochs_reported, pruned_at_epoch, fail_reason (a failed trial's error, or 'interrupted: ...'
-    for one a killed search left running) and duration_s.
-    """
-    import pandas as pd
-
-    param_names = list(dict.fromkeys(name for t in trials for name in t.params))
-    rows = [
-        {
-            "number": t.number,
-            "state": t.state.name,
-            "value": t.value,
-            **{name: t.params.get(name) for name in param_names},
-            "epochs_reported": len(t.intermediate_values),
-            PRUNED_AT_ATTR: t.user_attrs.get(PRUNED_AT_ATTR),
-            FAIL_REASON_ATTR: _fail_reason(t),
-            "duration_s": t.duration.total_seconds() if t.duration is not None else None,
-        }
-        for t in trials
-    ]
-    columns = ["number", "state", "value", *param_names, "epochs_reported", PRUNED_AT_ATTR, FAIL_REASON_ATTR]
-    return pd.DataFrame(rows, columns=[*columns, "duration_s"])
+# -- after the search ------------------------------------------------------------
 
 
 def _retrain_best(plan: SearchPlan, best_params: dict[str, Any], progress: bool) -> tuple[nn.Module, dict[str, Any]]:
@@ -640,88 +276,3 @@ def _retrain_best(plan: SearchPlan, best_params: dict[str, Any], progress: bool)
     results = loop.train(model, plan.config, settings, plan.train_data, plan.val_data)
     results["figure"] = create_training_figure(results)
     return model, results
-
-
-# -- the figure ------------------------------------------------------------------
-
-
-def create_search_figure(
-    trials: Sequence[Any], importances: dict[str, float] | None = None, *, importance_note: str = "", title: str = ""
-) -> Figure:
-    """The search as one Figure of three panels.
-
-    The panels: the optimisation history (completed and pruned values, failed trials as red lines, the
-    best so far), each trial's validation loss per epoch (pruned trials dashed, an x where they stopped),
-    and the parameter importances, or ``importance_note`` when there are none.
-    """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(15, 4.5), layout="constrained")
-    ax_history, ax_curves, ax_importance = fig.subplots(1, 3)
-    _plot_history(ax_history, trials)
-    _plot_curves(ax_curves, trials)
-    _plot_importances(ax_importance, importances, importance_note)
-    fig.suptitle(title or "Hyperparameter search")
-    return fig
-
-
-def _plot_history(ax: Axes, trials: Sequence[Any]) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    by_state = {state: [t for t in trials if t.state.name == state] for state in ("COMPLETE", "PRUNED")}
-    completed = by_state["COMPLETE"]
-    ax.plot([t.number for t in completed], [t.value for t in completed], "o", label="completed")
-    pruned = [t for t in by_state["PRUNED"] if t.value is not None]
-    ax.plot([t.number for t in pruned], [t.value for t in pruned], "x", color="grey", label="pruned (last value)")
-    if completed:
-        best = [min(t.value for t in completed if t.number <= c.number) for c in completed]
-        numbers = [t.number for t in completed] + [trials[-1].number]  # the line runs on to the last trial
-        ax.step(numbers, best + best[-1:], where="post", color="C3", label="best so far")
-    failed = [t.number for t in trials if t.state.name == "FAIL"]
-    for number in failed:
-        ax.axvline(number, color="red", alpha=0.25, lw=1)
-    if failed:
-        ax.plot([], [], color="red", alpha=0.4, label=f"failed ({len(failed)})")
-    _log_scale_if_wide(ax, [t.value for t in completed + pruned])
-    ax.set(title="Optimisation history", xlabel="trial", ylabel="validation loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize="small")
-
-
-def _plot_curves(ax: Axes, trials: Sequence[Any]) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    values = []
-    for t in trials:
-        if not t.intermediate_values:
-            continue
-        epochs, losses = zip(*sorted(t.intermediate_values.items()))
-        values.extend(losses)
-        if t.state.name == "PRUNED":
-            ax.plot(epochs, losses, "--", color="grey", alpha=0.7)
-            ax.plot(epochs[-1], losses[-1], "x", color="grey", markersize=9)
-        else:
-            ax.plot(epochs, losses, "o-", alpha=0.8, lw=1.2)
-    ax.plot([], [], "--x", color="grey", label="pruned (x: where)")
-    _log_scale_if_wide(ax, values)
-    ax.set(title="Validation loss per epoch", xlabel="epoch", ylabel="validation loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize="small")
-
-
-def _plot_importances(ax: Axes, importances: dict[str, float] | None, note: str) -> None:
-    ax.set_title("Parameter importance")
-    if not importances:
-        ax.text(0.5, 0.5, note or "no importances", ha="center", va="center", wrap=True, transform=ax.transAxes)
-        ax.set_axis_off()
-        return
-    names = list(importances)[::-1]  # the most important on top
-    ax.barh(names, [importances[n] for n in names])
-    ax.set_xlabel("importance (optuna, sums to 1)")
-
-
-def _log_scale_if_wide(ax: Axes, values: Sequence[float]) -> None:
-    """A diverged trial's loss can be 1000x a good one's; a log axis keeps both readable."""
-    finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
-    if finite and max(finite) / min(finite) > 20:
-        ax.set_yscale("log")

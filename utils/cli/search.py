@@ -131,7 +131,7 @@ def _check_study_flags(storage: str | None, study_name: str | None) -> None:
 
 def _open_storage(url: str, study_name: str) -> tuple[Any, int]:
     """Open the optuna storage; return it and the finished trials its study ``study_name`` already holds."""
-    from utils.tier3_hyperparameter_search import import_optuna
+    from utils.search.study import import_optuna
 
     optuna = import_optuna()
     try:
@@ -157,7 +157,7 @@ def _open_storage(url: str, study_name: str) -> tuple[Any, int]:
 
 def _shown_url(url: str) -> str:
     """A storage URL fit to print or keep in a report: its password, if any, masked (the search's own rule)."""
-    from utils.tier3_hyperparameter_search import mask_password
+    from utils.search.study import mask_password
 
     return mask_password(url)
 

@@ -138,3 +138,54 @@ def test_use_wandb_without_a_run_warns_and_goes_on(no_wandb_run):
 def test_perplexity_of_a_huge_loss_is_clipped_at_100():
     assert MetricsTracker(use_wandb=False).compute_perplexity(150.0) == math.exp(100.0)
     assert math.isfinite(MetricsTracker.compute_perplexity(150.0))
+
+
+# --------------------------------------------------------------------------- test_fine_tuning
+
+
+def _namespace_model(vocab_size: int = 30):
+    from utils.models import tiny_gpt
+
+    torch.manual_seed(0)
+    model, _ = tiny_gpt(vocab_size=vocab_size, max_seq_len=32, d_model=16, n_layers=1, n_heads=2)
+    return model, SimpleNamespace(vocab_size=vocab_size)  # the seed's kind of config: no max_seq_len
+
+
+def test_fine_tuning_infers_the_sequence_length_from_fixed_length_rows():
+    from utils import tier3_training_utilities as tier3
+
+    model, config = _namespace_model()
+    rows = [torch.randint(0, 30, (12,)) for _ in range(16)]
+    results = tier3.test_fine_tuning(model, config, train_data=rows, n_epochs=1, batch_size=4, progress=False)
+    assert len(results["loss_history"]) == 4  # 14 training rows (2 held out) of 12 tokens, batch 4: 4 steps
+
+
+def test_a_config_without_a_length_and_text_data_still_says_what_to_pass():
+    from utils import tier3_training_utilities as tier3
+
+    model, config = _namespace_model(vocab_size=256)
+    with pytest.raises(ValueError, match="config has no max_seq_len .* the data does not show one; .* pass seq_len="):
+        tier3.test_fine_tuning(model, config, train_data=["some text"] * 8, progress=False)
+
+
+def test_fine_tuning_prints_the_accumulation_and_the_effective_batch_once(tiny_gpt, capsys):
+    from utils import tier3_training_utilities as tier3
+
+    model, config = tiny_gpt
+    tier3.test_fine_tuning(model, config, max_steps=1, batch_size=2, gradient_accumulation_steps=3)
+    out = capsys.readouterr().out
+    assert out.count("Gradient accumulation steps: 3\n") == 1
+    assert out.count("Effective batch size: 6\n") == 1
+    tier3.test_fine_tuning(model, config, max_steps=1, batch_size=2, progress=False)
+    assert "Effective batch size" not in capsys.readouterr().out
+
+
+def test_an_early_stopping_monitor_that_names_no_metric_is_refused_before_training(tiny_gpt, monkeypatch):
+    from utils import tier3_training_utilities as tier3
+    from utils.training import loop
+    from utils.training.callbacks import EarlyStopping
+
+    model, config = tiny_gpt
+    monkeypatch.setattr(loop, "build_parts", lambda *a, **k: pytest.fail("setup started"))
+    with pytest.raises(ValueError, match=r"^EarlyStopping\(monitor='val/los'\) names no key of the epoch row"):
+        tier3.test_fine_tuning(model, config, callbacks=[EarlyStopping(patience=1, monitor="val/los")])

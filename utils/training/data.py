@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import reprlib
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +33,9 @@ from utils.training.corpus import (  # noqa: F401
     stdlib_source_files,
     text_file_path,
 )
+from utils.training.items import is_text_item, item_ids, item_ids_of, item_text, rows_of_batch
 
 IGNORE_INDEX = -100  # label value that the loss and accuracy skip
-_ITEM_KINDS = "1-D integer token ids, a dict with 'input_ids', a string, or a dict with 'text'"
 
 
 class BlockDataset(Dataset):
@@ -134,6 +134,9 @@ def _as_dataset(data: Any, arg: str, vocab_size: int, seq_len: int) -> Dataset:
 
 def _build_dataset(data: Any, arg: str, vocab_size: int, seq_len: int) -> Dataset:
     """Pick the builder for the kind of ``data``; every builder's errors name ``arg``."""
+    rows = rows_of_batch(data)  # a tokenizer's BatchEncoding: one {'input_ids', 'attention_mask'} row each
+    if rows is not None:
+        return _list_dataset(rows, arg, vocab_size, seq_len) if rows else SequenceDataset([])
     if isinstance(data, Dataset):
         return _user_dataset(data, arg, vocab_size, seq_len)
     if isinstance(data, (str, os.PathLike)):
@@ -159,21 +162,21 @@ def _user_dataset(data: Dataset, arg: str, vocab_size: int, seq_len: int) -> Dat
     if len(data) == 0:
         return data  # _as_dataset reports it
     first = data[0]
-    if _is_text_item(first):
+    if is_text_item(first):
         items = itertools.chain([first], (data[index] for index in range(1, len(data))))  # each item read once
-        texts = (_item_text(item, arg, index) for index, item in enumerate(items))
+        texts = (item_text(item, arg, index) for index, item in enumerate(items))
         return _text_dataset(texts, arg, vocab_size, seq_len, "a Dataset of texts")
-    _item_ids_of(first, arg, 0)  # an unusable item fails here, not in the first training batch
+    item_ids_of(first, arg, 0)  # an unusable item fails here, not in the first training batch
     return data
 
 
 def _list_dataset(items: Sequence[Any], arg: str, vocab_size: int, seq_len: int) -> Dataset:
     """A list of texts or of id sequences, decided by the first item; a mixed list is an error."""
-    if _is_text_item(items[0]):
+    if is_text_item(items[0]):
         what = "a list of strings" if isinstance(items[0], str) else "a list of {'text': ...} dicts"
-        texts = (_item_text(item, arg, index) for index, item in enumerate(items))
+        texts = (item_text(item, arg, index) for index, item in enumerate(items))
         return _text_dataset(texts, arg, vocab_size, seq_len, what)
-    seqs = [_item_ids_of(item, arg, index) for index, item in enumerate(items)]
+    seqs = [item_ids_of(item, arg, index) for index, item in enumerate(items)]
     _check_ids(torch.cat(seqs), arg, vocab_size)
     return SequenceDataset(_chunk(seqs, seq_len))
 
@@ -181,40 +184,14 @@ def _list_dataset(items: Sequence[Any], arg: str, vocab_size: int, seq_len: int)
 def _text_dataset(texts: Iterable[str], arg: str, vocab_size: int, seq_len: int, what: str) -> Dataset:
     """UTF-8 byte ids of each text, cut into ``seq_len`` pieces; empty texts are dropped."""
     _check_text_vocab(vocab_size, f"{arg} ({what})")  # before ``texts`` is read, so a bad vocab fails fast
+    if vocab_size > ByteTokenizer.vocab_size:
+        warnings.warn(
+            f"{arg} is text, which is encoded as UTF-8 bytes (ids 0-255): only {ByteTokenizer.vocab_size} of the "
+            f"model's {vocab_size} token ids are used; pass token ids from your own tokenizer to use them all",
+            stacklevel=6,
+        )
     tokenizer = ByteTokenizer()
     return SequenceDataset(_chunk([torch.tensor(tokenizer.encode(t)) for t in texts if t], seq_len))
-
-
-def _is_text_item(item: Any) -> bool:
-    """A string, or a dict with 'text' (a Hugging Face row); a dict with 'input_ids' counts as ids."""
-    return isinstance(item, str) or (isinstance(item, dict) and "text" in item and "input_ids" not in item)
-
-
-def _item_text(item: Any, arg: str, index: int) -> str:
-    """The text of a text item, or a TypeError naming the item when it is not one."""
-    if isinstance(item, str):
-        return item
-    if isinstance(item, dict) and _is_text_item(item):
-        if isinstance(item["text"], str):
-            return item["text"]
-        raise TypeError(f"{arg} item {index} has a 'text' of type {type(item['text']).__name__}; pass it a string")
-    raise TypeError(
-        f"{arg} item {index} is {_describe_item(item)}, but item 0 is text; pass every item as a string "
-        "or a dict with a string 'text' (or every item as token ids)"
-    )
-
-
-def _item_ids_of(item: Any, arg: str, index: int) -> torch.Tensor:
-    """``_item_ids`` with an error that names the argument and the item's index."""
-    if _is_text_item(item):  # only reached after item 0 was taken as ids
-        raise TypeError(
-            f"{arg} item {index} is text {_describe_item(item)}, but item 0 is token ids; "
-            "pass every item as token ids, or every item as text"
-        )
-    try:
-        return _item_ids(item)
-    except TypeError as err:
-        raise TypeError(f"{arg} item {index} is {_describe_item(item)}; each item must be {_ITEM_KINDS}") from err
 
 
 def _file_dataset(data: str | os.PathLike, arg: str, vocab_size: int, seq_len: int) -> Dataset:
@@ -298,7 +275,7 @@ def collate_lm_batch(
     padded, ``n_tokens`` (real tokens) and ``n_targets`` (next-token targets).
     The counts are taken here, on the CPU, so the training loop never syncs for them.
     """
-    seqs = [_item_ids(item) for item in items]
+    seqs = [item_ids(item) for item in items]
     T = max(s.numel() for s in seqs)
     if max_len is not None and T > max_len:
         raise ValueError(
@@ -321,31 +298,6 @@ def collate_lm_batch(
         "n_tokens": int(real.sum()),
         "n_targets": int(real[:, 1:].sum()),
     }
-
-
-def _item_ids(item: Any) -> torch.Tensor:
-    """One item's token ids as a 1-D long tensor; the item may be a dict with 'input_ids'."""
-    ids = item.get("input_ids") if isinstance(item, dict) else item
-    try:
-        tensor = torch.as_tensor(ids)
-    except (TypeError, ValueError, RuntimeError):  # a string, None, ragged nesting: reported below
-        tensor = None
-    if tensor is None or tensor.ndim != 1 or tensor.is_floating_point() or tensor.is_complex():
-        raise TypeError(
-            "each data item must be a 1-D sequence of integer token ids (or a dict with 'input_ids'), "
-            f"got an item {_describe_item(item)}"
-        )
-    return tensor.long()
-
-
-def _describe_item(item: Any) -> str:
-    """A data item's type with its keys, shape or value, short enough for an error message."""
-    if isinstance(item, dict):
-        fields = ", ".join(f"{key!r}: {type(value).__name__}" for key, value in list(item.items())[:8])
-        return f"of type dict (keys {fields or 'none'})"
-    if hasattr(item, "shape") and hasattr(item, "dtype"):
-        return f"of type {type(item).__name__} (shape {tuple(item.shape)}, dtype {item.dtype})"
-    return f"of type {type(item).__name__} ({reprlib.repr(item)})"
 
 
 def make_loader(

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from utils.model_helpers import extract_logits, validate_model
 from utils.training import checkpoint as ckpt
+from utils.training.callbacks import EarlyStopping
 from utils.training.distributed import all_reduce_mean, all_reduce_sum, gradient_sync
 from utils.training.losses import next_token_loss_sums
 from utils.training.parts import (
@@ -80,6 +81,7 @@ def train(
     validate_model(model)
     resume = _check_before_work(model, settings, callbacks)
     parts = build_parts(model, config, train_data, val_data, settings, weights=resume["model"] if resume else None)
+    _print_batch_plan(parts)
     state, records, outputs = start_run(parts, callbacks, resume)
     owned_run = start_wandb_run(parts, config) if outputs.tracker.use_wandb else None
     finished = False
@@ -140,6 +142,19 @@ def _validate_callbacks(callbacks: Sequence[Any]) -> None:
     for cb in callbacks:
         if not any(callable(getattr(cb, hook, None)) for hook in CALLBACK_HOOKS):
             raise TypeError(f"callback {cb!r} has none of the hooks {CALLBACK_HOOKS}")
+        if isinstance(cb, EarlyStopping) and cb.monitor not in EPOCH_ROW_KEYS:  # before a whole epoch trains
+            raise ValueError(
+                f"EarlyStopping(monitor={cb.monitor!r}) names no key of the epoch row; use one of {EPOCH_ROW_KEYS}"
+            )
+
+
+def _print_batch_plan(parts: TrainingParts) -> None:
+    """The seed API's two lines at the start: how many micro-batches make a step, and how many rows a step sees."""
+    settings = parts.settings
+    if settings.progress and parts.dist.is_main:
+        accumulation = settings.gradient_accumulation_steps
+        print(f"Gradient accumulation steps: {accumulation}")
+        print(f"Effective batch size: {settings.batch_size * accumulation * parts.dist.world_size}")
 
 
 def accumulation_groups(loader: Iterable[dict], size: int) -> Iterator[list[dict]]:

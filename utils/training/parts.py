@@ -37,6 +37,7 @@ from utils.model_helpers import (
 from utils.training.data import make_loader, prepare_lm_data
 from utils.training.distributed import DistributedContext, setup_distributed, wrap_data_parallel
 from utils.training.flops import FlopsPerToken, model_flops_per_token
+from utils.training.items import longest_item
 from utils.training.metrics_tracker import MetricsTracker
 from utils.training.optim import build_lr_scheduler, build_optimizer
 from utils.training.precision import MixedPrecisionStep, PrecisionPlan, resolve_precision
@@ -145,7 +146,7 @@ def build_parts(
     model.to(device)
     if weights is not None:
         model.load_state_dict(weights)
-    vocab_size, seq_len, pad_id = read_model_sizes(model, config, settings)
+    vocab_size, seq_len, pad_id = read_model_sizes(model, config, settings, train_data)
     train_loader, val_loader, data_source = _build_loaders(
         train_data, val_data, settings, ctx, device, vocab_size, seq_len, pad_id
     )
@@ -222,16 +223,24 @@ def _compiled_forward(model: nn.Module, train_module: nn.Module, compile_options
     return make_forward_fn(model, call=compiled)
 
 
-def read_model_sizes(model: nn.Module, config: Any, settings: TrainingSettings) -> tuple[int, int, int]:
+def read_model_sizes(
+    model: nn.Module, config: Any, settings: TrainingSettings, train_data: Any = None
+) -> tuple[int, int, int]:
     """Vocabulary (config, else the output width), sequence length and padding id, checked against the config.
+
+    The sequence length is ``settings.seq_len``, else the config's ``max_seq_len``, else the
+    longest sequence of token-id ``train_data`` (a config such as ``SimpleNamespace(vocab_size=30)``).
 
     Raises:
         ValueError: no sequence length, one over the config's ``max_seq_len``, or one under 2.
     """
     max_seq_len = config_size(config, "max_seq_len")
-    seq_len = settings.seq_len or max_seq_len
+    seq_len = settings.seq_len or max_seq_len or longest_item(train_data)
     if seq_len is None:
-        raise ValueError("config has no max_seq_len (or max_position_embeddings/n_positions); add it or pass seq_len=")
+        raise ValueError(
+            "config has no max_seq_len (or max_position_embeddings/n_positions) and the data does not show one; "
+            "add it to the config or pass seq_len="
+        )
     if max_seq_len is not None and seq_len > max_seq_len:
         raise ValueError(f"seq_len={seq_len} exceeds config max_seq_len={max_seq_len}; pass seq_len<={max_seq_len}")
     if seq_len < 2:

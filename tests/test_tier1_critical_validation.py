@@ -10,6 +10,7 @@ from tiny_models import build_model
 
 from utils import models
 from utils import tier1_critical_validation as t1
+from utils.diagnostics import common as diagnostics_common
 from utils.model_helpers import count_parameters, get_config_value
 from utils.records import environment_record
 
@@ -441,7 +442,7 @@ def test_default_amp_precisions_on_a_gpu_follow_native_bf16(monkeypatch, native_
     def supports_bf16(device):
         return native_bf16
 
-    monkeypatch.setattr(t1, "cuda_supports_bf16", supports_bf16)
+    monkeypatch.setattr(diagnostics_common, "cuda_supports_bf16", supports_bf16)  # where it is looked up
     assert t1.default_amp_precisions(torch.device("cuda")) == expected
     assert t1.default_amp_precisions(torch.device("cpu")) == ("bf16",)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
@@ -116,6 +116,38 @@ def check_path(value: Any, name: str, *, allow_none: bool = False) -> None:
         return
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
         raise ValueError(f"{name} must be a file or folder path{_or_none(allow_none)}, got {value!r}")
+
+
+def check_sequence(
+    values: Any,
+    name: str,
+    check_item: Callable[[Any, str], None],
+    *,
+    items: str,
+    example: str,
+    convert: Callable[[Any], Any],
+) -> tuple:
+    """The sorted distinct items of a non-empty sequence (a sweep), each passing ``check_item(item, "name[i]")``.
+
+    Args:
+        values: what the caller passed.
+        name: the argument's name, for the message.
+        check_item: one of the ``check_*`` helpers above, e.g. ``check_positive_int``.
+        items: what each item must be, in words, e.g. ``"positive ints"``.
+        example: a valid value to show, e.g. ``"(1, 4)"``.
+        convert: applied to each checked item (``int``, ``float``), so numpy scalars come back as Python ones.
+
+    Example:
+        >>> check_sequence([4, 1, 4], "batch_sizes", check_positive_int, items="positive ints", example="(1, 4)",
+        ...                convert=int)
+        (1, 4)
+    """
+    given = tuple(values) if is_collection(values) else ()
+    if not given:
+        raise ValueError(f"{name} must be a non-empty sequence of {items} such as {example}, got {values!r}")
+    for index, item in enumerate(given):
+        check_item(item, f"{name}[{index}]")
+    return tuple(sorted({convert(item) for item in given}))
 
 
 def _or_none(allow_none: bool) -> str:

@@ -213,14 +213,14 @@ def test_same_design_and_seed_gives_the_same_numbers():
 
 def test_inference_is_timed_by_tier1_with_the_models_taking_turns(monkeypatch):
     calls = []
-    real = measure.tier1.test_inference_speed
+    real = measure.diagnostics_speed.test_inference_speed
 
     def spy(model, config, **kwargs):
         result = real(model, config, **kwargs)
         calls.append((model, result["latencies_ms"]["fp32"], kwargs))
         return result
 
-    monkeypatch.setattr(measure.tier1, "test_inference_speed", spy)
+    monkeypatch.setattr(measure.diagnostics_speed, "test_inference_speed", spy)
     model, config = _build("gpt")
     report = bc.test_benchmark_comparison(model, config, **RUN)
     assert len(calls) == 2 * bc.LATENCY_ROUNDS

@@ -9,9 +9,7 @@ from utils.diagnostics.memory import (  # noqa: F401
     measure_training_memory,
     test_memory_footprint,
 )
-from utils.diagnostics.memory import cuda_peak_bytes as _cuda_peak_bytes  # noqa: F401
 from utils.diagnostics.shapes import test_shape_robustness  # noqa: F401
 from utils.diagnostics.speed import latency_stats, test_inference_speed  # noqa: F401
-from utils.diagnostics.speed import latency_stats as _latency_stats  # noqa: F401
 from utils.diagnostics.stability import test_output_stability  # noqa: F401
 from utils.diagnostics.tiers import TIER1_TESTS  # noqa: F401

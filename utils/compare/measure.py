@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 
-# Tier 1's checks, and two of its private helpers (_cuda_peak_bytes, _latency_stats): every call
-# the comparison makes into Tier 1 is in this module.
-from utils import tier1_critical_validation as tier1
 from utils.compare.baseline import Contender
 from utils.device import MB, reset_peak_memory, resolve_device
+
+# Every call the comparison makes into the diagnostics (Tier 1's memory and speed) is in this module.
+from utils.diagnostics import speed as diagnostics_speed
+from utils.diagnostics.memory import cuda_peak_bytes, measure_training_memory
 from utils.training import loop
 from utils.training.data import prepare_lm_data
 
@@ -94,14 +95,11 @@ def _train_measuring_memory(
         tensors = (*arm.model.parameters(), *arm.model.buffers())
         resident = sum(t.numel() * t.element_size() for t in tensors if t.is_cuda)
         reset_peak_memory(device)
-        peak_bytes = tier1._cuda_peak_bytes(run, device) + resident
+        peak_bytes = cuda_peak_bytes(run, device) + resident
         return {"peak_memory_mb": peak_bytes / MB, "memory_method": "cuda_allocator"}
     run()
-    footprint = tier1.test_memory_footprint(
-        arm.model, _sizes_config(arm, settings), batch_sizes=(settings.batch_size,), optimizer="adamw", progress=False
-    )
-    row = footprint["table"].query("mode == 'forward_backward'").iloc[0]
-    return {"peak_memory_mb": float(row["total_mb"]), "memory_method": str(row["method"])}
+    memory = measure_training_memory(arm.model, _sizes_config(arm, settings), batch_size=settings.batch_size)
+    return {"peak_memory_mb": float(memory["total_mb"]), "memory_method": str(memory["method"])}
 
 
 def time_inference(
@@ -116,7 +114,7 @@ def time_inference(
     errors: dict[str, str] = {}
     for _ in range(LATENCY_ROUNDS):
         for name, arm in arms.items():
-            speed = tier1.test_inference_speed(
+            speed = diagnostics_speed.test_inference_speed(
                 arm.model,
                 _sizes_config(arm, settings),
                 batch_size=settings.batch_size,
@@ -134,7 +132,7 @@ def time_inference(
 def _latency_fields(samples_ms: list[float], error: str, settings: loop.TrainingSettings) -> dict[str, Any]:
     if not samples_ms:  # this precision could not run a forward pass; Tier 1 says why
         return {"latency_median_ms": None, "latency_p95_ms": None, "latency_error": error}
-    stats = tier1._latency_stats(samples_ms, settings.batch_size * settings.seq_len)
+    stats = diagnostics_speed.latency_stats(samples_ms, settings.batch_size * settings.seq_len)
     return {"latency_median_ms": stats["median_ms"], "latency_p95_ms": stats["p95_ms"], "latency_error": ""}
 
 

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -172,12 +173,28 @@ class WizardConfig:
         return cls(**values)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the config as JSON (atomically: a crash never leaves a torn file). Returns the path."""
+        """Write the config as JSON (atomically: a crash never leaves a torn file). Returns the path.
+
+        Raises:
+            IsADirectoryError: ``path`` is a folder; nothing is written.
+            OSError: the write failed; the file at ``path`` is as it was, and no ``.partial`` file is left.
+        """
         check_path(path, "path")
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"path={os.fspath(path)!r} is a folder; pass a file path, such as "
+                f"{os.fspath(path / 'wizard_config.json')!r}"
+            )
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
         partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(partial, path)
+        try:
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, path)
+        except BaseException:  # a failed write or rename (or an interrupt) leaves no partial file behind
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod

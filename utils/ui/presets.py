@@ -6,8 +6,10 @@ recommends one for a goal and a time budget by timing a few training steps
 of the user's model here. Nothing is ever downloaded.
 
 Example:
-    >>> ConfigPresets.list_presets()[0]["name"]
-    'tiny'
+    >>> list(ConfigPresets.list_presets())[:2]
+    ['tiny', 'small']
+    >>> ConfigPresets.preset_rows()[0]["seq_len"]
+    64
     >>> settings = ConfigPresets.customize("small", n_epochs=1)
     >>> ConfigPresets.get_recommendation("research", time_budget_hours=0.5)["recommended"]
 """
@@ -38,8 +40,18 @@ class ConfigPresets:
     """
 
     @staticmethod
-    def list_presets() -> list[dict[str, Any]]:
-        """One row per preset: name, description, hardware and its main settings."""
+    def list_presets() -> dict[str, str]:
+        """Each preset's name and what it is for, in table order (the seed API); ``preset_rows`` has the settings.
+
+        Example:
+            >>> ConfigPresets.list_presets()["tiny"]
+            'a CPU smoke run, under a minute: 88 steps of batch 8 x 64 on 50 kB of the built-in corpus'
+        """
+        return {name: preset.description for name, preset in PRESETS.items()}
+
+    @staticmethod
+    def preset_rows() -> list[dict[str, Any]]:
+        """One row per preset: name, description, hardware and its main settings (a table to show)."""
         keys = ("seq_len", "batch_size", "gradient_accumulation_steps", "learning_rate", "n_epochs", "data_source")
         rows = []
         for preset in PRESETS.values():

@@ -33,13 +33,23 @@ def text_file(tmp_path):
 
 
 def test_the_seven_presets_exist_and_list_themselves():
-    names = [row["name"] for row in ConfigPresets.list_presets()]
+    names = [row["name"] for row in ConfigPresets.preset_rows()]
     assert names == ["tiny", "small", "medium", "large", "code_generation", "chat", "summarization"]
-    rows = {row["name"]: row for row in ConfigPresets.list_presets()}
+    rows = {row["name"]: row for row in ConfigPresets.preset_rows()}
     assert rows["large"]["seq_len"] == 1024
     assert rows["tiny"]["hardware"] == "cpu" and rows["large"]["hardware"] == "gpu"
     assert rows["code_generation"]["data_source"] == "builtin"  # the built-in corpus is Python code
     assert all(rows[name]["data_source"] == "file" for name in USER_TEXT_PRESETS)
+
+
+def test_list_presets_maps_each_name_to_its_description_as_the_seed_api_did():
+    listed = ConfigPresets.list_presets()
+    assert isinstance(listed, dict)
+    assert list(listed) == ["tiny", "small", "medium", "large", "code_generation", "chat", "summarization"]
+    assert listed == {name: preset.description for name, preset in PRESETS.items()}
+    assert listed == {row["name"]: row["description"] for row in ConfigPresets.preset_rows()}
+    listed["tiny"] = "changed"  # a new dict each call: the table stays as it is
+    assert ConfigPresets.list_presets()["tiny"] == PRESETS["tiny"].description
 
 
 def test_presets_hold_training_settings_only():

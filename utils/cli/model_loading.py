@@ -21,7 +21,7 @@ from utils.models import tiny_gpt
 from utils.training.data import ByteTokenizer
 
 if TYPE_CHECKING:  # the wizard loads with the subcommands that use it, never with the main job
-    from utils.ui.setup_wizard import WizardConfig
+    from utils.ui.config import WizardConfig
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ class WizardJob:
 
 def build_wizard_parser() -> argparse.ArgumentParser:
     """The ``python -m utils wizard`` parser."""
-    from utils.ui.presets import PRESETS
+    from utils.ui.preset_table import PRESETS
 
     parser = argparse.ArgumentParser(
         prog="python -m utils wizard",

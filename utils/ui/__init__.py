@@ -14,7 +14,7 @@ import importlib
 
 # Public name -> module that defines it, imported on first use.
 _LAZY = {
-    "WizardConfig": "utils.ui.setup_wizard",
+    "WizardConfig": "utils.ui.config",
     "SetupWizard": "utils.ui.setup_wizard",
     "quick_setup": "utils.ui.setup_wizard",
     "ConfigPresets": "utils.ui.presets",

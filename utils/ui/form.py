@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from utils.optional import import_optional
-from utils.ui.setup_wizard import WizardConfig
+from utils.ui.config import WizardConfig
 from utils.ui.terminal import CHOICES, editable_fields, field_type, format_value, parse_answer, problem_field
 
 if TYPE_CHECKING:

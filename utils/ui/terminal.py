@@ -26,8 +26,8 @@ from typing import Any
 
 from utils.checks import check_non_negative_int
 from utils.training.precision import PRECISIONS
-from utils.ui import setup_wizard
-from utils.ui.setup_wizard import DATA_SOURCES, WizardConfig
+from utils.ui.config import WizardConfig, field_types
+from utils.ui.data_source import DATA_SOURCES
 
 # Where the config came from: shown, but not asked, since changing it changes no training setting.
 NOT_ASKED = ("preset",)
@@ -52,7 +52,7 @@ def editable_fields() -> list[str]:
 
 def field_type(name: str) -> tuple[Any, bool]:
     """A field's type without None, and whether None is allowed: ``(int, True)`` for ``int | None``."""
-    hint = setup_wizard.field_types()[name]
+    hint = field_types()[name]
     is_union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
     args = typing.get_args(hint) if is_union else (hint,)
     kinds = [arg for arg in args if arg is not type(None)]

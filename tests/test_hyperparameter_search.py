@@ -302,7 +302,7 @@ BAD_INPUTS = [
         dict(storage="sqlite:////nonexistent-dir/x.db", study_name="s"), ValueError, "cannot be opened", id="storage"
     ),
     pytest.param(dict(storage="sqlite:///x.db"), ValueError, "needs study_name", id="storage-without-name"),
-    pytest.param(dict(foo=1), TypeError, "unknown training option 'foo'", id="unknown-option"),
+    pytest.param(dict(foo=1), TypeError, r"unknown option\(s\) \['foo'\]", id="unknown-option"),
     pytest.param(dict(max_steps=5), ValueError, "use max_steps_per_trial", id="reserved-option"),
     pytest.param(dict(seq_len=0), ValueError, "seq_len must be a positive integer", id="bad-option-value"),
     pytest.param(dict(device="tpu"), ValueError, "device='tpu'", id="device"),

@@ -39,7 +39,7 @@ def test_the_step_count_calls_the_engines_function(monkeypatch):
         calls.append((n_batches, settings.gradient_accumulation_steps, settings.n_epochs, settings.max_steps))
         return 7
 
-    monkeypatch.setattr(ui_inspect, "_total_steps", engine_count)
+    monkeypatch.setattr(ui_inspect, "total_steps", engine_count)
     found = inspect_config(WizardConfig(n_epochs=2, batch_size=8, gradient_accumulation_steps=3, **SMALL_RUN))
     assert found.optimizer_steps == 7 and calls == [(21, 3, 2, None)]
 

@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -72,6 +71,7 @@ from utils.search.trials import (  # noqa: F401
 )
 from utils.training import loop
 from utils.training.plots import create_training_figure
+from utils.training.settings import from_options
 
 # Training options whose search defaults differ from test_fine_tuning's. A small corpus keeps every epoch
 # short, so the pruner sees each one; the whole validation set (no batch cap) keeps the objective the same
@@ -232,15 +232,11 @@ def _base_settings(
     """Every trial's settings before its drawn params: the training options over the search's defaults."""
     check_positive_int(n_epochs, "n_epochs")
     check_int(seed, "seed")
-    fields = {f.name for f in dataclasses.fields(loop.TrainingSettings)}
-    allowed = fields - set(RESERVED_OPTIONS) - {"n_epochs", "seed", "device", "precision", "progress"}
-    for name in training_options:
-        if name in RESERVED_OPTIONS:
-            raise ValueError(f"{name}= is not a search option: {RESERVED_OPTIONS[name]}")
-        if name not in allowed:
-            raise TypeError(f"unknown training option {name!r}; the options are {sorted(allowed)}")
-    return loop.TrainingSettings(
-        **{**SEARCH_OPTION_DEFAULTS, **training_options},
+    return from_options(
+        "test_hyperparameter_search",
+        training_options,
+        reserved=RESERVED_OPTIONS,
+        defaults=SEARCH_OPTION_DEFAULTS,
         n_epochs=n_epochs,
         max_steps=max_steps_per_trial,
         seed=seed,

@@ -3,7 +3,7 @@
 From both models' measured results (``utils.compare.measure``) this builds the report that
 ``test_benchmark_comparison`` returns: one row per metric with the ratio yours / baseline,
 a judgement by validation loss (by next-token accuracy when the vocabularies differ), the
-notes to read it by, and one Figure. ``LEARNED_MARGIN`` is the comparison's "did it learn?".
+notes to read it by, and one Figure. "Did it learn?" is the engine's ``learned``.
 
 Example:
     >>> summary = summary_table(yours, base, loss_note="")
@@ -22,11 +22,10 @@ from utils.compare.baseline import HF_PREFIX, PARAMETER_TOLERANCE, Contender
 from utils.device import resolve_device
 from utils.records import environment_record
 from utils.training import loop
+from utils.training.results import learned
 
 # One seed, a short run: a loss (or accuracy) within this share of the baseline's is "about equal".
 EQUAL_MARGIN = 0.02
-# A model "learned" when its validation loss ended this share below its first logged training loss.
-LEARNED_MARGIN = 0.05
 
 
 def comparison_report(
@@ -152,7 +151,7 @@ def _notes(
                 "and accuracy are upper bounds, not a fair language-modelling score."
             )
     for name, results in (("Your model", yours), ("The baseline", base)):
-        if not _learned(results):
+        if not learned(results):
             notes.append(
                 f"{name} barely learned (val loss {results['val_loss']:.3f} against {results['initial_loss']:.3f} "
                 "in its first steps); raise train_steps or learning_rate before trusting the verdict."
@@ -178,11 +177,6 @@ def _notes(
 def _sees_future_tokens(results: dict[str, Any]) -> bool:
     """Whether the engine warned, before training, that the model's earlier logits depend on later tokens."""
     return any("not causal" in message for message in results["training_warnings"])
-
-
-def _learned(results: dict[str, Any]) -> bool:
-    initial, final = results["initial_loss"], results["val_loss"]
-    return initial is not None and final is not None and final < (1 - LEARNED_MARGIN) * initial
 
 
 def _settings_record(settings: loop.TrainingSettings, device: torch.device, precision: str | None) -> dict[str, Any]:

@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import statistics
 import warnings
 from typing import Any
@@ -27,16 +26,15 @@ from utils.model_helpers import validate_model
 from utils.records import environment_record
 from utils.training import loop
 from utils.training.precision import AMP_PRECISIONS, resolve_precision
+from utils.training.results import LEARNED_MARGIN, learned
+from utils.training.settings import from_options
 
 # The documented targets for mixed precision against FP32.
 TARGET_SPEEDUP = 1.5
 TARGET_MEMORY_REDUCTION_PCT = 40.0
 TARGET_MAX_ACCURACY_DIFF = 0.01
-# Accuracy parity is judged only when the FP32 arm learned: its validation loss must sit at least
-# this share below its untrained level (the mean train loss of its first logging window).
-LEARNED_MARGIN = 0.05
 # Set per arm by the benchmark itself, so not accepted in **fine_tuning_options.
-_RESERVED_OPTIONS = ("use_amp", "val_data", "callbacks", "wandb_prefix")
+_RESERVED_OPTIONS = dict.fromkeys(("use_amp", "val_data", "callbacks", "wandb_prefix"), "it sets it for each arm")
 
 
 def test_amp_speedup_benchmark(
@@ -147,17 +145,8 @@ def _check_arguments(
         )
     check_non_negative_int(timing_warmup_steps, "timing_warmup_steps")
     check_bool(allow_tf32, "allow_tf32")
-    for reserved in _RESERVED_OPTIONS:
-        if reserved in options:
-            raise TypeError(f"test_amp_speedup_benchmark does not take {reserved}=; it sets it for each arm")
-    known = {f.name for f in dataclasses.fields(loop.TrainingSettings)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(
-            f"test_amp_speedup_benchmark got unknown option(s) {unknown}; it passes on test_fine_tuning's "
-            f"keywords: {sorted(known - set(_RESERVED_OPTIONS) - set(arm) - {'precision'})}"
-        )
-    settings = loop.TrainingSettings(**arm, **options)  # checks every training setting (max_steps='5' included)
+    # Checks every training setting (max_steps='5' included) and every option's name.
+    settings = from_options("test_amp_speedup_benchmark", options, reserved=_RESERVED_OPTIONS, **arm)
     max_steps = settings.max_steps
     if max_steps is not None and max_steps <= timing_warmup_steps:
         raise ValueError(
@@ -257,7 +246,7 @@ def fp32_arm_learned(fp32: dict[str, Any]) -> tuple[bool, str]:
     untrained, val_loss = fp32["initial_loss"], fp32["val_loss"]
     if untrained is None or val_loss is None:
         return False, "Accuracy parity not judged: the FP32 arm has no loss to compare."
-    if val_loss < (1.0 - LEARNED_MARGIN) * untrained:
+    if learned(fp32):
         return True, ""
     return False, (
         f"Accuracy parity not judged: the FP32 arm did not learn (validation loss {val_loss:.3f} against "

@@ -17,6 +17,16 @@ from utils.training.settings import TrainingSettings
 # pay for torch.compile, cuDNN/cuBLAS autotuning and the allocator's growth.
 THROUGHPUT_WARMUP_STEPS = 3
 
+# "Did it learn?": the validation loss ended at least this share below the mean train loss of the
+# first logging window (the untrained level). The AMP benchmark and the comparison both judge by it.
+LEARNED_MARGIN = 0.05
+
+
+def learned(results: dict[str, Any]) -> bool:
+    """True when a run's ``val_loss`` ended ``LEARNED_MARGIN`` below its ``initial_loss``."""
+    initial, final = results.get("initial_loss"), results.get("val_loss")
+    return initial is not None and final is not None and final < (1 - LEARNED_MARGIN) * initial
+
 
 def collect_results(
     parts: TrainingParts, state: TrainingState, records: StepRecords, outputs: TrainingOutputs

@@ -134,4 +134,82 @@ def total_steps(n_batches: int, settings: TrainingSettings) -> int:
     return min(total_steps, settings.max_steps) if settings.max_steps is not None else total_steps
 
 
-__all__ = ["EPOCH_ROW_KEYS", "TrainingSettings", "total_steps"]
+# --------------------------------------------------------------------------- one vocabulary
+
+# Every default of the library, by setting name: the facade, the coordinator, the benchmark, the search,
+# the comparison, the wizard's config and the CLI all take theirs from here (tests/test_settings.py checks).
+SETTING_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainingSettings)}
+# What the lifecycle (TrainingCoordinator.train, the wizard) changes, because it trains for keeps: mixed
+# precision wherever precision is left to 'auto' (None means that), and the best weights loaded at the end.
+LIFECYCLE_DEFAULTS: dict[str, Any] = {"use_amp": None, "load_best": True}
+# A model trained from scratch (the main job's built-in tiny GPT, a hand-built design) wants a far higher
+# learning rate than the fine-tuning default, a bigger batch and a smaller corpus: the CLI's profile.
+FROM_SCRATCH: dict[str, Any] = {
+    "batch_size": 8,
+    "learning_rate": 1e-3,
+    "max_corpus_bytes": 200_000,
+    "max_val_batches": 20,
+}
+# A short run from scratch to check the wiring: about 30 steps of a tiny model, seconds on a CPU.
+QUICK: dict[str, Any] = {
+    **FROM_SCRATCH,
+    "n_epochs": 1,
+    "max_steps": 30,
+    "max_corpus_bytes": 40_000,
+    "max_val_batches": 4,
+}
+
+
+class OptionError(TypeError, ValueError):
+    """A training option a function does not take: unknown, or one it sets itself.
+
+    A TypeError, as Python raises for a stray keyword, and a ValueError, as for any bad argument.
+    """
+
+
+def from_options(
+    caller: str,
+    options: dict[str, Any],
+    *,
+    reserved: dict[str, str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    **fixed: Any,
+) -> TrainingSettings:
+    """``TrainingSettings`` from a function's pass-through ``**options``, every one checked before any work.
+
+    Args:
+        caller: the function's name, for the messages.
+        options: the training options the user passed on.
+        reserved: options the caller sets itself, each with what to do instead.
+        defaults: the caller's own defaults, under ``options``.
+        **fixed: settings the caller always sets (from its own arguments).
+
+    Raises:
+        OptionError: an option that is reserved or is no training setting, naming it.
+        ValueError, TypeError: a bad value, naming the setting (from ``TrainingSettings``).
+
+    Example:
+        >>> from_options("test_amp_speedup_benchmark", {"seq_len": 64}, reserved={"use_amp": "set per arm"})
+    """
+    reserved = reserved or {}
+    for name, why in reserved.items():
+        if name in options:
+            raise OptionError(f"{caller} does not take {name}=: {why}")
+    unknown = sorted(set(options) - set(SETTING_DEFAULTS))
+    if unknown:
+        accepted = sorted(set(SETTING_DEFAULTS) - set(reserved) - set(fixed))
+        raise OptionError(f"{caller} got unknown option(s) {unknown}; it passes on {accepted}")
+    return TrainingSettings(**{**(defaults or {}), **options, **fixed})
+
+
+__all__ = [
+    "EPOCH_ROW_KEYS",
+    "FROM_SCRATCH",
+    "LIFECYCLE_DEFAULTS",
+    "QUICK",
+    "SETTING_DEFAULTS",
+    "OptionError",
+    "TrainingSettings",
+    "from_options",
+    "total_steps",
+]

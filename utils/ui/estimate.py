@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from utils import tier1_critical_validation as tier1
 from utils.checks import check_positive_int
 from utils.device import MB, synchronize
+from utils.diagnostics.memory import measure_training_memory
 from utils.model_helpers import make_forward_fn, random_input_ids
 from utils.training import loop
 from utils.training.optim import build_optimizer
@@ -49,15 +49,13 @@ def estimate_training_memory(model: nn.Module, config: Any, seq_len: int, batch_
     Returns:
         dict with estimate_mb, static_mb, activation_mb_per_sequence and method (a label saying how).
     """
-    result = tier1.test_memory_footprint(model, config, batch_sizes=(1,), seq_len=seq_len, progress=False)
-    row = result["table"].query("mode == 'forward_backward'").iloc[0]
-    static_mb = sum(result["static"][k] for k in ("params_mb", "grads_mb", "optimizer_mb"))
-    activation_mb = float(row["activation_mb"])
+    memory = measure_training_memory(model, config, batch_size=1, seq_len=seq_len)
+    static_mb, activation_mb = float(memory["static_mb"]), float(memory["activation_mb"])
     return {
         "estimate_mb": static_mb + activation_mb * batch_size,
         "static_mb": static_mb,
         "activation_mb_per_sequence": activation_mb,
-        "method": f"estimate: Tier 1 memory check at batch 1 x {seq_len} tokens ({row['method']}), "
+        "method": f"estimate: Tier 1 memory check at batch 1 x {seq_len} tokens ({memory['method']}), "
         f"activations x {batch_size}; fp32 with AdamW",
     }
 

@@ -32,8 +32,8 @@ from utils.device import resolve_device
 from utils.model_helpers import config_size, detect_vocab_size, validate_model
 from utils.training import training_core
 from utils.training.data import ByteTokenizer, prepare_lm_data
-from utils.training.loop import TrainingSettings, _total_steps
 from utils.training.precision import PRECISIONS, PrecisionPlan, resolve_precision
+from utils.training.settings import TrainingSettings, total_steps
 from utils.ui.data_source import DATA_SOURCES, read_train_data
 from utils.ui.estimate import available_memory_mb, estimate_training_memory
 from utils.ui.preset_table import PRESETS
@@ -271,7 +271,7 @@ def _step_count(cfg: Any, data: dict[str, Any]) -> tuple[int, list[str]]:
     """Optimizer steps of the run, counted by the engine, and whether the warm-up fits in them."""
     batches = math.ceil(data["n_train_sequences"] / cfg.batch_size)  # len() of the engine's loader (no drop_last)
     shape = dict(batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
-    steps = _total_steps(batches, TrainingSettings(n_epochs=cfg.n_epochs, max_steps=cfg.max_steps, **shape))
+    steps = total_steps(batches, TrainingSettings(n_epochs=cfg.n_epochs, max_steps=cfg.max_steps, **shape))
     if cfg.warmup_steps is not None and cfg.warmup_steps > steps:
         return steps, [
             f"warmup_steps: {cfg.warmup_steps} exceeds the {steps} optimizer steps this run takes "

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from utils import tier1_critical_validation as tier1
 from utils.checks import check_bool
 from utils.device import MB  # noqa: F401 (a name this module had)
+from utils.diagnostics.shapes import test_shape_robustness
 from utils.model_helpers import count_parameters, validate_model
 from utils.progress import is_interactive
 from utils.training.data import ByteTokenizer
@@ -297,7 +297,7 @@ def _model_step(model: nn.Module, found: Inspection) -> dict[str, Any]:
     if facts.get("vocab_size") is not None:
         seq_lengths = (1, min(8, facts["max_seq_len"] or facts["seq_len"] or 8))
         try:
-            shapes = tier1.test_shape_robustness(
+            shapes = test_shape_robustness(
                 model, probe_config(facts), batch_sizes=(1, 2), seq_lengths=seq_lengths, progress=False
             )
         except (TypeError, ValueError, RuntimeError) as err:  # the probe pass failed: the model's error is the report

@@ -21,6 +21,8 @@ from utils.device import resolve_device
 from utils.training.distributed import launched_world_size
 from utils.training.export import check_export_target
 from utils.training.precision import resolve_precision
+from utils.training.settings import FROM_SCRATCH, SETTING_DEFAULTS
+from utils.training.settings import QUICK as QUICK_SETTINGS
 
 DEFAULT_SEQ_LEN = 128  # for a model file that brings no config
 # torch.manual_seed takes [-2**63, 2**64); the loop adds the rank and the epoch, so keep the top half free.
@@ -31,14 +33,19 @@ USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError)
 
 @dataclass(frozen=True)
 class RunProfile:
-    """How much work the main job does; ``--quick`` swaps in a smaller one."""
+    """How much work the main job does; ``--quick`` swaps in a smaller one.
 
-    n_epochs: int = 3
-    batch_size: int = 8
-    learning_rate: float = 1e-3  # a tiny model trained from scratch wants more than the fine-tuning 5e-5
-    max_steps: int | None = None
-    max_corpus_bytes: int = 200_000
-    max_val_batches: int = 20
+    The training fields come from the library's one vocabulary (``utils.training.settings``):
+    ``TrainingSettings``' defaults under the ``FROM_SCRATCH`` profile (or ``QUICK``), since the
+    main job trains a model from its initial weights. The rest are the CLI's own budgets.
+    """
+
+    n_epochs: int
+    batch_size: int
+    learning_rate: float
+    max_steps: int | None
+    max_corpus_bytes: int
+    max_val_batches: int | None
     benchmark_steps: int = 40
     # The baseline comparison: optimizer steps for each model, and held-out sequences it is scored on.
     # A short budget, enough for both losses to fall well below chance on the built-in tiny GPT.
@@ -46,16 +53,16 @@ class RunProfile:
     compare_samples: int = 32
 
 
-FULL = RunProfile()
-QUICK = RunProfile(
-    n_epochs=1,
-    max_steps=30,
-    max_corpus_bytes=40_000,
-    max_val_batches=4,
-    benchmark_steps=12,
-    compare_steps=12,
-    compare_samples=16,
-)
+_TRAINING_FIELDS = ("n_epochs", "batch_size", "learning_rate", "max_steps", "max_corpus_bytes", "max_val_batches")
+
+
+def _profile(overrides: dict[str, Any], **budgets: int) -> RunProfile:
+    settings = {**SETTING_DEFAULTS, **overrides}
+    return RunProfile(**{name: settings[name] for name in _TRAINING_FIELDS}, **budgets)
+
+
+FULL = _profile(FROM_SCRATCH)
+QUICK = _profile(QUICK_SETTINGS, benchmark_steps=12, compare_steps=12, compare_samples=16)
 # RunProfile field -> the flag that overrides it, and the check its value must pass.
 PROFILE_FLAGS = {
     "n_epochs": ("--epochs", check_positive_int),

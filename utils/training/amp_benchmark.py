@@ -27,7 +27,7 @@ from utils.records import environment_record
 from utils.training import loop
 from utils.training.precision import AMP_PRECISIONS, resolve_precision
 from utils.training.results import LEARNED_MARGIN, learned
-from utils.training.settings import from_options
+from utils.training.settings import TrainingSettings, from_options
 
 # The documented targets for mixed precision against FP32.
 TARGET_SPEEDUP = 1.5
@@ -41,18 +41,18 @@ def test_amp_speedup_benchmark(
     model: nn.Module,
     config: Any,
     train_data: Any = None,
-    n_epochs: int = 3,
-    learning_rate: float = 5e-5,
-    batch_size: int = 4,
-    use_wandb: bool = False,
+    n_epochs: int = TrainingSettings.n_epochs,
+    learning_rate: float = TrainingSettings.learning_rate,
+    batch_size: int = TrainingSettings.batch_size,
+    use_wandb: bool = TrainingSettings.use_wandb,
     *,
-    precision: str = "auto",
-    device: str | torch.device | None = "auto",
-    max_steps: int | None = None,
+    precision: str = TrainingSettings.precision,
+    device: str | torch.device | None = TrainingSettings.device,
+    max_steps: int | None = TrainingSettings.max_steps,
     timing_warmup_steps: int = 3,
     allow_tf32: bool = False,
-    seed: int = 0,
-    progress: bool = True,
+    seed: int = TrainingSettings.seed,
+    progress: bool = TrainingSettings.progress,
     **fine_tuning_options: Any,
 ) -> dict[str, Any]:
     """Train in FP32 and in mixed precision and compare speed, peak memory and accuracy.

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from utils.checks import check_path, is_int, is_number
-from utils.training.data import DEFAULT_CORPUS_BYTES
+from utils.training.settings import LIFECYCLE_DEFAULTS, TrainingSettings
 from utils.ui.data_source import read_train_data
 from utils.ui.inspect import TRAIN_KEYWORDS, inspect_config
 
@@ -71,23 +71,23 @@ class WizardConfig:
     data_source: str = "builtin"
     dataset_path: str | None = None
     texts: list[str] | None = None
-    n_epochs: int = 3
-    learning_rate: float = 5e-5
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    warmup_steps: int | None = None
-    seq_len: int | None = None
-    max_steps: int | None = None
-    precision: str = "auto"
-    use_mixed_precision: bool | None = None
-    device: str = "auto"
-    seed: int = 0
-    grad_clip: float | None = 1.0
-    weight_decay: float = 0.01
+    n_epochs: int = TrainingSettings.n_epochs
+    learning_rate: float = TrainingSettings.learning_rate
+    batch_size: int = TrainingSettings.batch_size
+    gradient_accumulation_steps: int = TrainingSettings.gradient_accumulation_steps
+    warmup_steps: int | None = TrainingSettings.warmup_steps
+    seq_len: int | None = TrainingSettings.seq_len
+    max_steps: int | None = TrainingSettings.max_steps
+    precision: str = TrainingSettings.precision
+    use_mixed_precision: bool | None = LIFECYCLE_DEFAULTS["use_amp"]
+    device: str = TrainingSettings.device
+    seed: int = TrainingSettings.seed
+    grad_clip: float | None = TrainingSettings.grad_clip
+    weight_decay: float = TrainingSettings.weight_decay
     early_stopping_patience: int | None = None
     run_name: str | None = None
-    max_corpus_bytes: int = DEFAULT_CORPUS_BYTES
-    max_val_batches: int | None = 50
+    max_corpus_bytes: int = TrainingSettings.max_corpus_bytes
+    max_val_batches: int | None = TrainingSettings.max_val_batches
     preset: str | None = None
 
     # -- checking ---------------------------------------------------------------

@@ -383,7 +383,7 @@ def test_an_existing_export_survives_a_failed_overwrite(tmp_path, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C while the model card is written
 
-    monkeypatch.setattr(export, "_model_card", interrupt)
+    monkeypatch.setattr(export, "model_card_text", interrupt)
     with pytest.raises(KeyboardInterrupt):
         export_state_dict(model, tmp_path / "export", config=config, overwrite=True)
     assert _snapshot(tmp_path) == before

@@ -11,7 +11,8 @@ The folder holds:
 - ``README.md``: a model card with the metrics and how to load the weights.
 
 It is written atomically through ``utils.folders`` (complete or absent, an
-earlier export replaced only with ``overwrite=True``). Before the folder is
+earlier export replaced only with ``overwrite=True``); the metadata and the
+card's text are built in ``utils.training.model_card``. Before the folder is
 swapped into place the export is reloaded, with ``strict=True``, into a freshly
 built model whose logits are compared with the original's: an export that does
 not reload exactly is reported as ``status='fail'``, never as fine.
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import types
 from collections.abc import Callable, Mapping
@@ -37,12 +37,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from utils._version import __version__
-from utils.checks import check_bool, check_path, is_number
-from utils.folders import check_target_folder, staged_folder
+from utils.checks import check_bool, check_path
+from utils.folders import check_target_folder, staged_folder, write_json_atomic
 from utils.model_helpers import (
     config_size,
-    count_parameters,
     detect_vocab_size,
     extract_logits,
     make_forward_fn,
@@ -52,13 +50,17 @@ from utils.model_helpers import (
     validate_model,
 )
 from utils.optional import import_optional
-from utils.records import environment_record, to_jsonable
+from utils.records import to_jsonable
+from utils.training.model_card import (
+    CARD_FILE,
+    CONFIG_FILE,
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    export_metadata,
+    model_card_text,
+)
+from utils.training.model_card import FORMAT_VERSION as FORMAT_VERSION  # re-exported: the layout's version
 
-FORMAT_VERSION = 1  # of metadata.json and the folder layout
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-METADATA_FILE = "metadata.json"
-CARD_FILE = "README.md"
 # Every export has these; overwrite=True replaces only a folder that holds them, never any other folder.
 _EXPORT_FILES = (WEIGHTS_FILE, METADATA_FILE)
 
@@ -111,9 +113,9 @@ def export_state_dict(
         safetensors.torch.save_model(model, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         _write_json(staging / CONFIG_FILE, config_json)
         parity = _check_reload(model, fresh, staging / WEIGHTS_FILE, config, built_from=built_from, note=note)
-        metadata = _metadata(model, results, config, parity)
+        metadata = export_metadata(model, results, config, parity)
         _write_json(staging / METADATA_FILE, metadata)
-        (staging / CARD_FILE).write_text(_model_card(model, config, metadata))
+        (staging / CARD_FILE).write_text(model_card_text(model, config, metadata))
         files = sorted(p.name for p in staging.iterdir())
     return {"export_dir": out.resolve(), "files": files, "parity": parity, "metadata": metadata}
 
@@ -234,41 +236,6 @@ def _check_reload(
     except Exception as err:  # the model cannot run on a probe batch, so the reload cannot be confirmed
         return {**result, "reason": f"running {note} and the original on a probe batch failed: {_describe(err)}"}
     return {**result, **_compare_logits(expected, actual, note, tuple(input_ids.shape))}
-
-
-def _model_card(model: nn.Module, config: Any, metadata: Mapping[str, Any]) -> str:
-    """The export's README.md: what it is, the reload check, the metrics and how to load it."""
-    parity = metadata["parity"]
-    reason = parity["reason"][:1].upper() + parity["reason"][1:]
-    if parity["status"] == "ok":
-        check = f"Reload check: **ok**. {reason}."
-    else:
-        check = f"> **Warning: the reload check failed.** {reason}. Do not use these weights until you know why."
-    lines = [
-        f"# {type(model).__name__}",
-        "",
-        f"Exported by `utils` {metadata['utils_version']} with torch {metadata['torch_version']} and "
-        f"safetensors {metadata['safetensors_version']}: {metadata['parameter_count']:,} parameters, "
-        f"precision {metadata['precision'] or 'not recorded'}.",
-        "",
-        check,
-        "",
-        "## Metrics",
-        "",
-        *_metrics_table(metadata["metrics"]),
-        "",
-        "## Load the weights",
-        "",
-        "```python",
-        *_load_snippet(
-            model, config, rebuild_from_config=parity["built_from"] == "config" and parity["status"] == "ok"
-        ),
-        "```",
-        "",
-        f"`{WEIGHTS_FILE}` holds tensors only (no pickled code); tied weights are stored once and "
-        "re-tied by `load_model`. `metadata.json` records the versions, the environment and the reload check.",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- arguments
@@ -420,96 +387,5 @@ def _describe(err: BaseException, limit: int = 600) -> str:
 # --------------------------------------------------------------------------- what is written
 
 
-def _metadata(model: nn.Module, results: Mapping[str, Any], config: Any, parity: dict[str, Any]) -> dict[str, Any]:
-    import safetensors  # already imported by the caller; here only for its version
-
-    precision = results.get("precision")
-    environment = results.get("environment")
-    if not isinstance(environment, Mapping):
-        environment = environment_record(model_device(model), precision=precision)
-    return to_jsonable(
-        {
-            "format_version": FORMAT_VERSION,
-            "utils_version": __version__,
-            "torch_version": torch.__version__,
-            "safetensors_version": safetensors.__version__,
-            "model_class": _qualified_name(type(model)),
-            "config_class": _qualified_name(type(config)),
-            "parameter_count": count_parameters(model)["total"],
-            "precision": precision,
-            "metrics": _metrics(results),
-            "environment": dict(environment),
-            "parity": parity,
-        }
-    )
-
-
-def _metrics(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The results' top-level scalars (val_loss, best_epoch, optimizer_steps ...), in their order."""
-    metrics = {}
-    for name, value in results.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
-            value = value.item()
-        if is_number(value):
-            metrics[str(name)] = value
-    return metrics
-
-
-def _metrics_table(metrics: Mapping[str, Any]) -> list[str]:
-    if not metrics:
-        return ["_No metrics were recorded: the model was exported without a results dict._"]
-    rows = [f"| {name} | {'n/a' if value is None else f'{value:.6g}'} |" for name, value in metrics.items()]
-    return ["| metric | value |", "|---|---|", *rows]
-
-
-def _load_snippet(model: nn.Module, config: Any, *, rebuild_from_config: bool) -> list[str]:
-    """Python lines that rebuild the model from config.json and load the weights with strict=True."""
-    (config_module, config_name), config_expr = _config_source(config)
-    model_module, model_name = _import_source(type(model))
-    imports: dict[str, set[str]] = {"safetensors.torch": {"load_model"}}
-    for module, name in ((config_module, config_name), (model_module, model_name)):
-        if module is not None:
-            imports.setdefault(module, set()).add(name.split(".")[0])
-    lines = ["import json", ""] + [
-        f"from {m} import {', '.join(sorted(names))}" for m, names in sorted(imports.items())
-    ]
-    own = [name for module, name in ((config_module, config_name), (model_module, model_name)) if module is None]
-    lines += [f"# {name} is defined in your own code: run its definition first" for name in own if name != "dict"]
-    lines += ["", f'with open("{CONFIG_FILE}") as f:', f"    config = {config_expr}"]
-    if rebuild_from_config:
-        lines.append(f"model = {model_name}(config)")
-    else:
-        lines.append(f"model = {model_name}(...)  # build it exactly as the exported model was built")
-    lines.append(f'load_model(model, "{WEIGHTS_FILE}", strict=True)')
-    return lines
-
-
-def _config_source(config: Any) -> tuple[tuple[str | None, str], str]:
-    """Where the config's class comes from, and the expression that rebuilds it from ``json.load(f)``."""
-    if callable(getattr(config, "to_dict", None)) and not isinstance(config, Mapping):
-        source = _import_source(type(config))
-        return source, f"{source[1]}.from_dict(json.load(f))"
-    if dataclasses.is_dataclass(config):
-        source = _import_source(type(config))
-        return source, f"{source[1]}(**json.load(f))"
-    if isinstance(config, types.SimpleNamespace):
-        return ("types", "SimpleNamespace"), "SimpleNamespace(**json.load(f))"
-    return (None, "dict"), "json.load(f)"
-
-
-def _import_source(cls: type) -> tuple[str | None, str]:
-    """``(module, qualified name)`` to import a class from; module None when it lives in a notebook or a function."""
-    module = cls.__module__
-    if module == "__main__" or "<locals>" in cls.__qualname__:
-        return None, cls.__qualname__.split(".")[-1]
-    if module.startswith("transformers."):
-        module = "transformers"  # Hugging Face classes are all importable from the top level
-    return module, cls.__qualname__
-
-
-def _qualified_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
+    write_json_atomic(path, to_jsonable(data), allow_nan=False)

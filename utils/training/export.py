@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import types
 from collections.abc import Callable, Mapping
@@ -60,6 +59,7 @@ from utils.training.model_card import (
     model_card_text,
 )
 from utils.training.model_card import FORMAT_VERSION as FORMAT_VERSION  # re-exported: the layout's version
+from utils.training.model_card import config_to_dict as config_to_dict  # re-exported: public since the export began
 
 # Every export has these; overwrite=True replaces only a folder that holds them, never any other folder.
 _EXPORT_FILES = (WEIGHTS_FILE, METADATA_FILE)
@@ -137,69 +137,88 @@ def check_export_target(
     return out
 
 
-def load_exported_weights(model: nn.Module, export_dir: str | Path) -> nn.Module:
-    """Load an export's ``model.safetensors`` into ``model`` with ``strict=True``, on the model's device.
+def load_exported_weights(model: nn.Module, export_dir: str | Path, *, convert_dtype: bool = False) -> nn.Module:
+    """Load an export's ``model.safetensors`` into ``model``, strictly: every weight must fit, or nothing is loaded.
+
+    Every key, shape and dtype is checked against ``model`` before a single
+    weight is copied, so on any error ``model`` is left exactly as it was.
+    Tied weights (stored once) fill every name they are tied to.
 
     Example:
         >>> model = load_exported_weights(TinyTransformer(config), "exports/run-1")
+        >>> load_exported_weights(model.half(), "exports/run-1", convert_dtype=True)  # fp32 weights into fp16
 
     Args:
         model: a model built like the exported one (see the export's README.md).
         export_dir: the folder ``export_state_dict`` wrote, or its ``model.safetensors`` file.
+        convert_dtype: convert floating-point weights whose dtype differs from the model's
+            (e.g. an fp16 export into an fp32 model) instead of refusing them.
 
     Returns:
-        ``model``, holding the exported weights.
+        ``model``, holding the exported weights (on its own devices).
 
     Raises:
         TypeError, ValueError: ``model`` is not a module or ``export_dir`` not a path.
         FileNotFoundError: no ``model.safetensors`` there.
-        ValueError: the file is not safetensors, or its weights do not fit ``model`` exactly.
+        ValueError: the file is not safetensors; a weight is missing, unexpected or of another shape;
+            or of another dtype than the model's (without ``convert_dtype``), naming the tensor.
     """
     validate_model(model)
     check_path(export_dir, "export_dir")
+    check_bool(convert_dtype, "convert_dtype")
     path = Path(export_dir)
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     if not weights.is_file():
         raise FileNotFoundError(f"export_dir {path}: no {WEIGHTS_FILE} there; pass the folder export_state_dict wrote")
     safetensors = import_safetensors()
     try:
-        safetensors.torch.load_model(model, weights, strict=True, device=str(model_device(model)))
+        tensors = safetensors.torch.load_file(weights, device="cpu")
     except safetensors.SafetensorError as err:
         raise ValueError(f"export_dir {path}: {weights} is not a readable safetensors file ({err})") from err
-    except RuntimeError as err:  # missing, unexpected or mis-shaped weights
+    _check_fits(model, tensors, path, convert_dtype)
+    with torch.no_grad():  # every check passed: only now is anything copied (cast and moved per tensor)
+        model.load_state_dict(tensors, strict=False)  # the names left out are tied to loaded ones
+    return model
+
+
+def _check_fits(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path, convert_dtype: bool) -> None:
+    """Raise, naming the problem, unless ``tensors`` fill every weight of ``model`` with the right shape and dtype."""
+    expected = model.state_dict(keep_vars=True)  # the tensors themselves: tied names share one object
+    tied: dict[int, list[str]] = {}
+    for name, tensor in expected.items():
+        tied.setdefault(id(tensor), []).append(name)
+    missing = [name for name, t in expected.items() if not any(n in tensors for n in tied[id(t)])]
+    unexpected = [name for name in tensors if name not in expected]
+    shapes = [
+        f"{name}: export {tuple(t.shape)} vs model {tuple(expected[name].shape)}"
+        for name, t in tensors.items()
+        if name in expected and t.shape != expected[name].shape
+    ]
+    problems = [
+        f"{label} {items[:5]}{' ...' if len(items) > 5 else ''}"
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+        if items
+    ]
+    if problems:
         raise ValueError(
             f"export_dir {path}: the weights do not fit this {type(model).__name__} exactly; build the model "
-            f"from the export's {CONFIG_FILE} as its {CARD_FILE} shows ({_describe(err)})"
-        ) from err
-    return model
+            f"from the export's {CONFIG_FILE} as its {CARD_FILE} shows ({'; '.join(problems)}). Nothing was loaded"
+        )
+    dtypes = [(n, t.dtype, expected[n].dtype) for n, t in tensors.items() if t.dtype != expected[n].dtype]
+    refused = [d for d in dtypes if not (convert_dtype and d[1].is_floating_point and d[2].is_floating_point)]
+    if refused:
+        (name, saved, wanted), more = refused[0], f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        fix = "it cannot be converted" if convert_dtype else "pass convert_dtype=True to convert it"
+        raise ValueError(
+            f"export_dir {path}: tensor {name!r} is {saved} in the export but {wanted} in the model{more}; "
+            f"{fix}, or build the model in the export's dtype. Nothing was loaded"
+        )
 
 
 def import_safetensors() -> types.ModuleType:
     """The ``safetensors`` package with its ``torch`` module loaded, or an ImportError that says how to install it."""
     import_optional("safetensors.torch", "exporting and loading weights", package="safetensors")
     return import_optional("safetensors", "exporting and loading weights")
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A config as plain JSON data: a Hugging Face config (``to_dict()``), a dataclass, a dict or a SimpleNamespace.
-
-    Raises:
-        TypeError: naming ``config``, for any other type.
-    """
-    if callable(getattr(config, "to_dict", None)) and not isinstance(config, Mapping):
-        data = config.to_dict()  # before the dataclass test: Hugging Face configs are dataclasses too
-    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
-        data = dataclasses.asdict(config)
-    elif isinstance(config, Mapping):
-        data = dict(config)
-    elif isinstance(config, types.SimpleNamespace):
-        data = vars(config)
-    else:
-        raise TypeError(
-            f"config must be a dataclass, dict, SimpleNamespace or Hugging Face config (with to_dict()), "
-            f"got {type(config).__name__}; pass the config the model was built from"
-        )
-    return to_jsonable(data)
 
 
 def _check_reload(

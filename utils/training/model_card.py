@@ -1,10 +1,11 @@
-"""What an export says about itself: ``metadata.json`` and the ``README.md`` model card.
+"""What an export says about itself: ``config.json``, ``metadata.json`` and the ``README.md`` model card.
 
-``export_state_dict`` (``utils.training.export``) writes both from what is built
-here: the metadata (versions, parameter count, precision, final metrics, the
-environment record and the reload check) and the card, which shows the metrics,
-the reload check and the Python lines that rebuild the model from
-``config.json`` and load ``model.safetensors``.
+``export_state_dict`` (``utils.training.export``) writes all three from what is
+built here: the config as plain JSON (``config_to_dict``), the metadata
+(versions, parameter count, precision, final metrics, the environment record
+and the reload check) and the card, which shows the metrics, the reload check
+and the Python lines that rebuild the model from ``config.json`` (the reverse
+of ``config_to_dict``) and load ``model.safetensors``.
 
 Example:
     >>> metadata = export_metadata(model, results, config, parity)
@@ -31,6 +32,28 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 CARD_FILE = "README.md"
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config as plain JSON data: a Hugging Face config (``to_dict()``), a dataclass, a dict or a SimpleNamespace.
+
+    Raises:
+        TypeError: naming ``config``, for any other type.
+    """
+    if callable(getattr(config, "to_dict", None)) and not isinstance(config, Mapping):
+        data = config.to_dict()  # before the dataclass test: Hugging Face configs are dataclasses too
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+        data = dataclasses.asdict(config)
+    elif isinstance(config, Mapping):
+        data = dict(config)
+    elif isinstance(config, types.SimpleNamespace):
+        data = vars(config)
+    else:
+        raise TypeError(
+            f"config must be a dataclass, dict, SimpleNamespace or Hugging Face config (with to_dict()), "
+            f"got {type(config).__name__}; pass the config the model was built from"
+        )
+    return to_jsonable(data)
 
 
 def model_card_text(model: nn.Module, config: Any, metadata: Mapping[str, Any]) -> str:

@@ -40,6 +40,7 @@ from utils.checks import check_bool, check_path
 from utils.records import to_jsonable
 from utils.training import checkpoint as ckpt
 from utils.training import loop
+from utils.training.model_card import config_to_dict
 
 CONFIG_FILE = "config.json"
 RUN_FORMAT_VERSION = 1
@@ -232,8 +233,6 @@ def _describe_data(data: Any) -> str | None:
 
 def _config_record(config: Any) -> Any:
     """The model config as JSON for config.json (the export's converter); other kinds as text."""
-    from utils.training.export import config_to_dict
-
     try:
         return config_to_dict(config)
     except TypeError:

@@ -64,6 +64,9 @@ RESUME_FLAGS = {
 }
 
 
+RUN_FLAGS = run_folder.RunFlags(run_name="--run-name", resume="--resume", overwrite="--overwrite")
+
+
 @dataclass(frozen=True)
 class TrainPlan:
     """What the ``train`` checks built before any work."""
@@ -230,20 +233,13 @@ def _check_run_name(args: argparse.Namespace, output_dir: Path) -> Path | None:
         if args.resume:
             raise ValueError("--resume needs --run-name NAME: the run to continue, a folder in --output-dir")
         return None
-    run_folder.check_run_name(args.run_name, "--run-name")
-    run_dir = output_dir / args.run_name
-    run_folder.recover_run_dir(run_dir)  # a killed --overwrite: the old run comes back unless the new one checkpointed
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"--run-name {args.run_name}: {run_dir} is a file; pick another --run-name")
+    run_dir = run_folder.check_run_folder(
+        output_dir, args.run_name, resume=args.resume, overwrite=args.overwrite, flags=RUN_FLAGS
+    )
     if args.resume and not run_dir.exists():
         raise ValueError(
             f"--resume: there is no run {args.run_name!r} in --output-dir {output_dir} (no {run_dir}); "
             "check --run-name and --output-dir, or drop --resume to start that run"
-        )
-    if run_dir.exists() and not (args.resume or args.overwrite):
-        raise ValueError(
-            f"--run-name {args.run_name}: {run_dir} already exists; pass --resume to continue it, "
-            "--overwrite to replace it, or another --run-name"
         )
     return run_dir
 

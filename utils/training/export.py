@@ -59,7 +59,7 @@ from utils.training.model_card import (
     model_card_text,
 )
 from utils.training.model_card import FORMAT_VERSION as FORMAT_VERSION  # re-exported: the layout's version
-from utils.training.model_card import config_to_dict as config_to_dict  # re-exported: public since the export began
+from utils.training.model_card import config_to_dict as config_to_dict  # re-exported: callers import it from here
 
 # Every export has these; overwrite=True replaces only a folder that holds them, never any other folder.
 _EXPORT_FILES = (WEIGHTS_FILE, METADATA_FILE)

@@ -4,7 +4,8 @@
 train`` both check run folders here, so a rule is written once:
 
 - ``check_run_name``: what a run folder may be called;
-- ``check_run_dir``: the folder a new, resumed or replacing run gets, before any work;
+- ``check_run_folder`` / ``check_run_dir``: the folder a new, resumed or replacing run
+  gets, before any work (the CLI names its flags through ``RunFlags``);
 - ``read_run_config`` / ``write_run_config``: ``config.json``, the exact settings of a run;
 - ``RESUME_MAY_CHANGE`` and ``resume_changes``: THE resume rule, the settings that may
   differ when a run is resumed (nothing it computes depends on them);
@@ -29,6 +30,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +65,43 @@ def check_run_name(run_name: Any, name: str = "run_name") -> None:
         )
 
 
+@dataclass(frozen=True)
+class RunFlags:
+    """How the messages name the run folder's options: the library's keywords, or a front end's flags."""
+
+    run_name: str = "run_name"
+    resume: str = "resume=True"
+    overwrite: str = "overwrite=True"
+
+    def named(self, run_name: str) -> str:
+        """``run_name='x'`` for a keyword, ``--run-name x`` for a flag."""
+        return f"{self.run_name} {run_name}" if self.run_name.startswith("--") else f"{self.run_name}={run_name!r}"
+
+
+def check_run_folder(output_dir: Path, run_name: Any, *, resume: bool, overwrite: bool, flags: RunFlags) -> Path:
+    """``output_dir/run_name``: a good name, no file, and an existing run only continued or replaced when asked.
+
+    What a killed overwrite left beside it is first sorted out (``recover_run_dir``), so the
+    checks see the run as it really is.
+
+    Raises:
+        ValueError: naming the option (``flags``) and the fix.
+    """
+    check_run_name(run_name, flags.run_name)
+    run_dir = output_dir / run_name
+    recover_run_dir(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{flags.named(run_name)}: {run_dir} is a file; pick another {flags.run_name}")
+    if run_dir.exists() and not (resume or overwrite):
+        raise ValueError(
+            f"{flags.named(run_name)}: {run_dir} already exists; pass {flags.resume} to continue it, "
+            f"{flags.overwrite} to replace it, or another {flags.run_name}"
+        )
+    return run_dir
+
+
 def check_run_dir(output_dir: Path, run_name: str | None, resume: bool, overwrite: bool) -> Path:
     """The run folder for ``run_name``, checked against ``resume``/``overwrite`` before any work.
-
-    What a killed overwrite left beside it is first sorted out (``recover_run_dir``).
 
     Raises:
         ValueError: naming ``run_name``, ``resume`` or ``overwrite``.
@@ -79,16 +114,7 @@ def check_run_dir(output_dir: Path, run_name: str | None, resume: bool, overwrit
         if resume:
             raise ValueError("resume=True needs the run_name of the run to continue")
         return output_dir / default_run_name(output_dir, "run")
-    check_run_name(run_name)
-    run_dir = output_dir / run_name
-    recover_run_dir(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"run_name={run_name!r}: {run_dir} is a file; pick another run_name")
-    if run_dir.exists() and not (resume or overwrite):
-        raise ValueError(
-            f"run_name={run_name!r}: {run_dir} already exists; pass resume=True to continue it, "
-            "overwrite=True to replace it, or another run_name"
-        )
+    run_dir = check_run_folder(output_dir, run_name, resume=resume, overwrite=overwrite, flags=RunFlags())
     if resume and not has_checkpoint(run_dir):
         raise ValueError(
             f"resume=True, but {run_dir} holds no checkpoint to resume (checkpoints/{ckpt.CHECKPOINT_FILE}); "

@@ -537,6 +537,39 @@ def test_train_resume_continues_the_named_run(trained_run, tmp_path):
     assert saved["settings"]["n_epochs"] == 2 and saved["lifecycle"]["early_stopping_patience"] == 2
 
 
+def test_train_resume_may_change_the_device_and_progress_as_the_library_allows(tmp_path):
+    (tmp_path / "user_model.py").write_text(USER_MODEL)
+    model = ["--model", f"{tmp_path / 'user_model.py'}:build", "--precision", "fp32", "--batch-size", "2"]
+    first = ["train", *model, "--output-dir", str(tmp_path / "training_output"), "--run-name", "other"]
+    code, _ = _main_with_output([*first, "--quick", "--max-steps", "2"])  # --device auto, with progress bars
+    assert code == 0
+    run_dir = tmp_path / "training_output" / "other"
+    saved = json.loads((run_dir / "config.json").read_text())["settings"]
+    assert saved["device"] == "auto" and saved["progress"] is True
+
+    resume = ["--resume", "--device", "cpu", "--no-progress", "--epochs", "2", "--max-steps", "4"]
+    code, stdout = _main_with_output([*first, *resume])
+    assert code == 0 and "resuming" in stdout
+    assert json.loads((run_dir / "results.json").read_text())["optimizer_steps"] == 4
+    saved = json.loads((run_dir / "config.json").read_text())["settings"]
+    assert saved["device"] == "cpu" and saved["progress"] is False  # passed on to resume_training
+
+
+def test_train_resume_of_an_edited_config_json_fails_before_any_work(trained_run, tmp_path, monkeypatch, capsys):
+    root, _ = trained_run
+    shutil.copytree(root / "training_output", tmp_path / "training_output")  # the fixture's run stays as it was
+    (tmp_path / "user_model.py").write_text(USER_MODEL)
+    config_json = tmp_path / "training_output" / "first" / "config.json"
+    saved = json.loads(config_json.read_text())
+    saved["settings"]["batch_size"] = 8
+    config_json.write_text(json.dumps(saved))
+    model = ["--model", f"{tmp_path / 'user_model.py'}:build", "--device", "cpu", "--precision", "fp32"]
+    run = ["--output-dir", str(tmp_path / "training_output"), "--run-name", "first", "--resume"]
+    argv = ["train", *model, *run, "--epochs", "2", "--max-steps", "6"]  # no --batch-size: the file's 8 is kept
+    fix = "no longer matches the run's checkpoints/last.pt (batch_size: 8 in config.json, 2 in last.pt)"
+    _assert_usage_error(argv, "--resume", fix, tmp_path, monkeypatch, capsys)
+
+
 NOISY_MODEL = (
     USER_MODEL
     + '''

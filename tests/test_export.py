@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import struct
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from safetensors.torch import load_model
+from safetensors.torch import load_file, load_model, save_file
 from tiny_models import TINY  # tests/ is on sys.path in pytest's prepend mode
 
 import utils
@@ -170,6 +171,80 @@ def test_load_exported_weights_names_the_path_and_the_fix(tmp_path):
         load_exported_weights(model, tmp_path / "junk.safetensors")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         load_exported_weights(config, tmp_path / "export")
+
+
+def _gpt_export(folder: Path, **sizes) -> Path:
+    """An export of a tiny GPT (seed 1) with ``sizes`` overriding TINY's."""
+    torch.manual_seed(1)
+    model, config = models.tiny_gpt(**{**TINY, **sizes})
+    return export_state_dict(model, folder, config=config)["export_dir"]
+
+
+def _wrong_shape_export(folder: Path) -> Path:
+    """The tiny GPT's weights with one tensor, ln_f.weight, of the wrong shape: every other one fits."""
+    torch.manual_seed(1)
+    model, _ = models.tiny_gpt(**TINY)
+    state = {name: t.clone() for name, t in model.state_dict().items() if name != "lm_head.weight"}  # tied
+    state["ln_f.weight"] = torch.ones(7)
+    folder.mkdir()
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: t.detach().clone() for name, t in model.state_dict().items()}
+
+
+def _assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for name, tensor in after.items():
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0, msg=f"{name} was overwritten")
+
+
+@pytest.mark.parametrize(
+    ("make_export", "target_layers", "found"),
+    [
+        (lambda folder: _gpt_export(folder, n_layers=2), 1, r"unexpected keys \['blocks\.1\."),
+        (lambda folder: _gpt_export(folder, n_layers=1), 2, r"missing keys \['blocks\.1\."),
+        (_wrong_shape_export, 2, r"shape mismatches \['ln_f\.weight: export \(7,\) vs model \(32,\)'\]"),
+    ],
+    ids=["2-layer export into a 1-layer model", "1-layer export into a 2-layer model", "one tensor's shape"],
+)
+def test_weights_that_do_not_fit_leave_the_model_untouched(tmp_path, make_export, target_layers, found):
+    folder = make_export(tmp_path / "export")
+    torch.manual_seed(5)
+    model, _ = models.tiny_gpt(**{**TINY, "n_layers": target_layers})
+    before = _state(model)
+    saved = load_file(folder / "model.safetensors")
+    assert not torch.equal(saved["pos_emb.weight"], before["pos_emb.weight"])  # the control: a load would show
+    with pytest.raises(ValueError, match="the weights do not fit this TinyTransformer exactly") as raised:
+        load_exported_weights(model, folder)
+    _assert_untouched(model, before)
+    assert re.search(found, str(raised.value)) and str(raised.value).endswith("Nothing was loaded"), raised.value
+
+
+def test_an_export_of_another_dtype_is_refused_naming_the_tensor_unless_converted(tmp_path):
+    model, config, rebuild = _build("gpt")
+    export_state_dict(model, tmp_path / "export", config=config)
+    weights = tmp_path / "export" / "model.safetensors"
+    halves = {name: t.half() for name, t in load_file(weights).items()}
+    save_file(halves, str(weights), metadata={"format": "pt"})  # the export's weights rewritten as float16
+
+    fresh = rebuild()
+    before = _state(fresh)
+    dtypes = r"is torch.float16 in the export but torch.float32 in the model \(and \d+ more\)"
+    with pytest.raises(ValueError, match=rf"tensor '[\w.]+' {dtypes}; pass convert_dtype=True"):
+        load_exported_weights(fresh, tmp_path / "export")
+    _assert_untouched(fresh, before)
+    with pytest.raises(ValueError, match="convert_dtype must be True or False"):
+        load_exported_weights(fresh, tmp_path / "export", convert_dtype="yes")
+
+    assert load_exported_weights(fresh, tmp_path / "export", convert_dtype=True) is fresh
+    for name, tensor in fresh.state_dict().items():
+        assert tensor.dtype == torch.float32
+        torch.testing.assert_close(tensor, model.state_dict()[name].half().float(), rtol=0, atol=0)
+    assert fresh.lm_head.weight is fresh.tok_emb.weight
 
 
 # --------------------------------------------------------------------------- the reload check never says ok wrongly
@@ -383,7 +458,7 @@ def test_an_existing_export_survives_a_failed_overwrite(tmp_path, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C while the model card is written
 
-    monkeypatch.setattr(export, "_model_card", interrupt)
+    monkeypatch.setattr(export, "model_card_text", interrupt)
     with pytest.raises(KeyboardInterrupt):
         export_state_dict(model, tmp_path / "export", config=config, overwrite=True)
     assert _snapshot(tmp_path) == before

@@ -357,6 +357,32 @@ def test_dry_run_lists_the_files_and_contacts_no_server(export_dir):
     assert hub.requests == []
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-16])  # the header is whole; the last tensor's bytes are cut off
+
+
+DAMAGED_EXPORTS = {
+    "config.json not JSON": ("config.json", lambda p: p.write_text("{'vocab_size': 16,"), "is not valid JSON"),
+    "config.json a list": ("config.json", lambda p: p.write_text("[16, 8]"), "holds a JSON list, not an object"),
+    "metadata.json empty": ("metadata.json", lambda p: p.write_text(""), "is not valid JSON"),
+    "weights of 3 bytes": ("model.safetensors", lambda p: p.write_bytes(b"abc"), "hold no complete header"),
+    "weights that are text": ("model.safetensors", lambda p: p.write_text("x" * 64), "hold no complete header"),
+    "weights truncated": ("model.safetensors", _truncate, "is truncated or not a safetensors file (tensor"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_EXPORTS, ids=str)
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry run", "upload"])
+def test_a_damaged_export_file_is_named_before_a_dry_run_or_an_upload(export_dir, case, dry_run):
+    name, damage, problem = DAMAGED_EXPORTS[case]
+    damage(export_dir / name)
+    with HubStandIn() as hub:
+        with pytest.raises(ValueError, match="Export the model again") as raised:
+            publish_to_hub(export_dir, REPO_ID, token=TOKEN, endpoint=hub.url, dry_run=dry_run)
+    assert f"export_dir {str(export_dir)!r}: {name} " in str(raised.value) and problem in str(raised.value)
+    assert hub.requests == []
+
+
 def test_no_token_is_skipped_at_once_with_the_fix(export_dir):
     with HubStandIn() as hub:
         result = publish_to_hub(export_dir, REPO_ID, endpoint=hub.url)

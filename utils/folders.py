@@ -1,18 +1,23 @@
-"""Write a folder all at once: complete or absent, never half-written, and never half-deleted.
+"""Replace a folder safely: the old one is never lost, and a new one is never left half-written.
 
-Used by every writer of a result folder (the report, the model export). The
-new folder is written under a hidden staging name beside ``target`` and swapped
-into place at the end:
+Every replacement goes through ``replacing(target, is_complete=...)``: an
+existing ``target`` is renamed aside to ``.{name}.replaced-XXXXXXXX``, the new
+folder is made at ``target``, and the old one is deleted once the new one is
+complete (``is_complete(target)``). If the new one fails before it is complete,
+it is deleted and the old one renamed back. Two writers use it:
 
-1. write every file into ``.{name}.staging-XXXXXXXX``;
-2. rename an existing ``target`` aside to ``.{name}.replaced-XXXXXXXX``;
-3. rename the staging folder to ``target``;
-4. delete the replaced folder.
+- a result folder (the report, the model export) is written under a hidden
+  ``.{name}.staging-XXXXXXXX`` and renamed into place (``staged_folder``,
+  ``swap_into_place``): it is complete as soon as it exists;
+- a training run folder is trained in place, and is complete once it holds its
+  first checkpoint (``utils.training.run_folder``).
 
-A kill between two steps leaves hidden leftovers that the next
-``recover_leftovers`` (and so the next ``check_target_folder``) for the same
-``target`` cleans up: staging folders are deleted, and a replaced folder is
-deleted when ``target`` exists or renamed back to ``target`` when it is missing.
+A kill at any point leaves hidden leftovers that the next
+``recover_leftovers(target, is_complete=...)`` (and so the next
+``check_target_folder``) for the same ``target`` sorts out: staging folders are
+deleted; the old folder is restored when ``target`` is missing or incomplete,
+and deleted when ``target`` is complete. JSON files are written whole with
+``write_json_atomic``.
 
 This module sits at the bottom of the package: it imports only the standard library.
 
@@ -26,13 +31,15 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 STAGING = "staging"  # the new folder while it is being written
 REPLACED = "replaced"  # the old folder between the swap and its deletion
@@ -99,12 +106,18 @@ def check_writable(folder: Path, flag: str, given: Path | None = None) -> None:
         ) from err
 
 
-def recover_leftovers(target: Path) -> None:
-    """Clean up or restore what an interrupted write left beside ``target``.
+def recover_leftovers(target: Path, *, is_complete: Callable[[Path], bool] | None = None) -> None:
+    """Clean up or restore what an interrupted replacement left beside ``target``.
 
-    Staging folders are deleted. A replaced folder is deleted when ``target``
-    exists, and renamed back to ``target`` when ``target`` is missing (the old
-    folder is restored, never lost).
+    Staging folders are deleted. When a replaced (old) folder is left, ``target``
+    decides: complete, it stays and the old one is deleted; missing or incomplete
+    (``is_complete(target)`` is False), it is deleted and the old one renamed back
+    (the old folder is restored, never lost).
+
+    Args:
+        target: the folder that was being replaced.
+        is_complete: whether an existing ``target`` is a whole new folder; default: any
+            existing one is (a staged folder is renamed into place whole).
     """
     target = target.resolve()
     if not target.parent.is_dir():
@@ -113,12 +126,68 @@ def recover_leftovers(target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
     try:
         replaced = sorted(_leftovers(target, REPLACED), key=os.path.getctime)
+        if replaced and target.exists() and is_complete is not None and not is_complete(target):
+            _remove(target)  # a new folder that never became whole: the old one it replaced comes back
         if replaced and not target.exists():
             replaced.pop().rename(target)  # the newest: the folder the interrupted write was replacing
     except FileNotFoundError:
         return  # another process (a DDP rank) is recovering the same folder right now
     for folder in replaced:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replacing(target: Path, *, is_complete: Callable[[Path], bool]) -> Iterator[None]:
+    """Set an existing ``target`` aside for a new folder made at ``target`` in the block; keep whichever is whole.
+
+    When the block ends, or fails once the new folder is complete, the old one is
+    deleted. When it fails before that, the new folder is deleted and the old one
+    put back. A kill leaves what ``recover_leftovers(target, is_complete=...)`` sorts out.
+
+    Example:
+        >>> with replacing(run_dir, is_complete=lambda p: (p / "checkpoints" / "last.pt").is_file()):
+        ...     train_into(run_dir)
+    """
+    aside = set_aside(target)
+    try:
+        yield
+    except BaseException:
+        if not is_complete(target):
+            _remove(target)  # delete the half-made new folder first: a kill now leaves it incomplete
+            if aside is not None:
+                aside.rename(target)  # put the old folder back before reporting the error
+                aside = None
+        raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)  # the new folder is in place; the next run cleans up the rest
+
+
+def set_aside(target: Path) -> Path | None:
+    """Rename an existing ``target`` to a hidden replaced folder beside it, and return that; None if missing."""
+    if not target.exists():
+        return None
+    aside = _sibling_name(target, REPLACED)
+    target.rename(aside)
+    return aside
+
+
+def write_json_atomic(path: Path, data: Any, *, allow_nan: bool = True) -> None:
+    """Write ``data`` (plain JSON data) to ``path`` as indented JSON: a crash never leaves a torn file.
+
+    It is written to ``<path>.partial`` first and renamed over ``path``.
+
+    Raises:
+        TypeError, ValueError: ``data`` is not JSON (or holds NaN with ``allow_nan=False``); nothing is written.
+    """
+    text = json.dumps(data, indent=2, allow_nan=allow_nan) + "\n"  # fails before any file is touched
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager
@@ -149,18 +218,8 @@ def swap_into_place(staging: Path, target: Path) -> None:
     At every instant ``target`` is the whole old folder, the whole new one, or
     missing with the old one whole beside it (restored by ``recover_leftovers``).
     """
-    replaced = None
-    if target.exists():
-        replaced = _sibling_name(target, REPLACED)
-        target.rename(replaced)
-    try:
+    with replacing(target, is_complete=Path.exists):
         staging.rename(target)
-    except BaseException:
-        if replaced is not None and not target.exists():
-            replaced.rename(target)  # put the old folder back before reporting the error
-        raise
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)  # the new folder is in place; the next run cleans up the rest
 
 
 def make_sibling(target: Path, kind: str) -> Path:
@@ -183,3 +242,11 @@ def _leftovers(target: Path, kind: str) -> list[Path]:
     """The ``kind`` folders left beside ``target``; the full-name match never takes another folder's."""
     pattern = re.compile(rf"\.{re.escape(target.name)}\.{kind}-[0-9a-f]{{8}}")
     return [p for p in target.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir()]
+
+
+def _remove(folder: Path) -> None:
+    """Delete ``folder`` (or a file or link in its place) if it is there."""
+    if folder.is_dir() and not folder.is_symlink():
+        shutil.rmtree(folder, ignore_errors=True)
+    elif folder.exists() or folder.is_symlink():
+        folder.unlink()

@@ -12,11 +12,10 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from utils.folders import check_target_folder, recover_leftovers, staged_folder
+from utils.folders import check_target_folder, recover_leftovers, staged_folder, write_json_atomic
 from utils.folders import check_writable as check_writable  # re-exported: the CLI checks --checkpoint-dir with it
 from utils.records import to_jsonable as to_jsonable  # re-exported: benchmarks import it from here
 
@@ -77,7 +76,7 @@ def write_report(
             fig.savefig(staging / f"{stem}.png", dpi=110)
         for stem, table in tables.items():
             table.to_csv(staging / f"{stem}.csv", index=False)
-        (staging / "results.json").write_text(json.dumps(to_jsonable(results), indent=2) + "\n")
+        write_json_atomic(staging / "results.json", to_jsonable(results))
         (staging / "summary.md").write_text(summary_md)
     return out.resolve()
 

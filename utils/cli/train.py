@@ -26,7 +26,7 @@ from utils.cli.common import (
 from utils.cli.model_loading import _check_model
 from utils.cli.reporting import _exit_status, _export_model, _export_rows
 from utils.folders import check_writable
-from utils.training import checkpoint, training_core
+from utils.training import checkpoint, run_folder, training_core
 
 if TYPE_CHECKING:  # the wizard loads with the subcommands that use it, never with the main job
     from utils.ui.setup_wizard import WizardConfig
@@ -45,9 +45,12 @@ CONFIG_FLAGS = {
     "run_name": "run_name",
     "early_stopping": "early_stopping_patience",
 }
-# Flags that set what a run computes -> the config.json entry they must match on --resume:
-# resume_training continues a run with its own settings, so a different value would be ignored.
-RESUME_KEPT = {
+# With --resume, each flag that sets a run setting -> that setting's config.json entry. A typed flag may differ
+# from the run's value only where the library's one resume rule (run_folder.RESUME_MAY_CHANGE) allows it, and
+# then it is passed on to resume_training; any other must match, since the run keeps its own settings.
+RESUME_FLAGS = {
+    "epochs": ("--epochs", "n_epochs"),
+    "max_steps": ("--max-steps", "max_steps"),
     "batch_size": ("--batch-size", "batch_size"),
     "lr": ("--lr", "learning_rate"),
     "seq_len": ("--seq-len", "seq_len"),
@@ -61,6 +64,9 @@ RESUME_KEPT = {
 }
 
 
+RUN_FLAGS = run_folder.RunFlags(run_name="--run-name", resume="--resume", overwrite="--overwrite")
+
+
 @dataclass(frozen=True)
 class TrainPlan:
     """What the ``train`` checks built before any work."""
@@ -72,6 +78,7 @@ class TrainPlan:
     run_dir: Path | None  # None: the coordinator names a new run run-<date>-<time>
     export_dir: Path | None
     options: dict[str, Any]  # TrainingCoordinator.train keywords, for a new run
+    resume_options: dict[str, Any]  # resume_training keywords, with --resume: the typed settings that may change
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -172,8 +179,7 @@ def check_train_args(args: argparse.Namespace, typed: set[str]) -> TrainPlan:
     run_dir = _check_run_name(args, output_dir)
     export_dir = _check_train_export(args, run_dir or output_dir)
     built = _check_model(args, wizard_config)
-    if args.resume:
-        _check_resumable(run_dir, args, typed, built.model)
+    resume_options = _check_resumable(run_dir, args, typed, built.model) if args.resume else {}
     coordinator = training_core.TrainingCoordinator(
         output_dir, args.precision, args.device, args.wandb, progress=not args.no_progress
     )
@@ -181,7 +187,7 @@ def check_train_args(args: argparse.Namespace, typed: set[str]) -> TrainPlan:
         options = _train_options(args, profile)
     else:
         options = {**wizard_config.to_train_kwargs(), "compile": args.compile, "overwrite": args.overwrite}
-    return TrainPlan(coordinator, built.model, built.config, built.label, run_dir, export_dir, options)
+    return TrainPlan(coordinator, built.model, built.config, built.label, run_dir, export_dir, options, resume_options)
 
 
 def _read_train_config(args: argparse.Namespace, typed: set[str]) -> WizardConfig:
@@ -227,19 +233,13 @@ def _check_run_name(args: argparse.Namespace, output_dir: Path) -> Path | None:
         if args.resume:
             raise ValueError("--resume needs --run-name NAME: the run to continue, a folder in --output-dir")
         return None
-    training_core.check_run_name(args.run_name, "--run-name")
-    run_dir = output_dir / args.run_name
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"--run-name {args.run_name}: {run_dir} is a file; pick another --run-name")
+    run_dir = run_folder.check_run_folder(
+        output_dir, args.run_name, resume=args.resume, overwrite=args.overwrite, flags=RUN_FLAGS
+    )
     if args.resume and not run_dir.exists():
         raise ValueError(
             f"--resume: there is no run {args.run_name!r} in --output-dir {output_dir} (no {run_dir}); "
             "check --run-name and --output-dir, or drop --resume to start that run"
-        )
-    if run_dir.exists() and not (args.resume or args.overwrite):
-        raise ValueError(
-            f"--run-name {args.run_name}: {run_dir} already exists; pass --resume to continue it, "
-            "--overwrite to replace it, or another --run-name"
         )
     return run_dir
 
@@ -259,44 +259,61 @@ def _check_train_export(args: argparse.Namespace, run_or_output_dir: Path) -> Pa
     return export_dir
 
 
-def _check_resumable(run_dir: Path, args: argparse.Namespace, typed: set[str], model: nn.Module) -> None:
-    """--resume: a run folder with a checkpoint of this model, flags that agree with it, and training left."""
+def _check_resumable(run_dir: Path, args: argparse.Namespace, typed: set[str], model: nn.Module) -> dict[str, Any]:
+    """--resume: a run folder with a checkpoint of this model, flags that agree with it, and training left.
+
+    Returns:
+        The ``resume_training`` keywords: the typed flags' settings that the resume rule lets change.
+    """
     with _naming("--resume"):
-        saved = training_core.read_run_config(run_dir)
+        saved = run_folder.read_run_config(run_dir)
     last = checkpoint.checkpoint_path(run_dir / "checkpoints")
     if not last.is_file():
         raise ValueError(
             f"--resume: run {run_dir.name!r} has no checkpoint ({last}): it stopped before its first epoch "
             "ended; start it again with --overwrite"
         )
-    _check_kept_settings(saved, args, typed, run_dir.name)
+    asked = _check_kept_settings(saved, args, typed, run_dir.name)
     settings = saved["settings"]
     n_epochs = args.epochs if args.epochs is not None else settings["n_epochs"]
     state = checkpoint.load_for_resume(last, model, n_epochs, name="--resume", epochs_name="--epochs")
+    trained = run_folder.trained_settings(state)
+    if trained is not None:
+        with _naming("--resume"):
+            run_folder.check_config_matches_checkpoint(run_dir, settings, trained)
     max_steps = args.max_steps if args.max_steps is not None else settings["max_steps"]
     if max_steps is not None and state["optimizer_step"] >= max_steps:
         raise ValueError(
             f"--max-steps: run {run_dir.name!r} already took {state['optimizer_step']} optimizer steps, its cap "
             f"of {max_steps}; pass --max-steps > {state['optimizer_step']} to train on"
         )
+    return {key: value for key, value in asked.items() if key in run_folder.RESUME_MAY_CHANGE}
 
 
-def _check_kept_settings(saved: dict[str, Any], args: argparse.Namespace, typed: set[str], name: str) -> None:
-    """A flag typed with --resume must agree with the run's config.json, which resume_training follows."""
+def _check_kept_settings(saved: dict[str, Any], args: argparse.Namespace, typed: set[str], name: str) -> dict[str, Any]:
+    """A flag typed with --resume must agree with the run's config.json, unless the resume rule lets it change.
+
+    Returns:
+        The typed flags as settings (config.json entry -> value).
+    """
     if "quick" in typed:
         raise ValueError(
             f"--quick sets a new run's budget; --resume continues run {name!r} with its own, so drop --quick "
             "(raise --epochs or --max-steps to train on)"
         )
     recorded = {**saved["settings"], **saved["lifecycle"]}
-    for dest, (flag, key) in RESUME_KEPT.items():
-        value = getattr(args, dest)
-        value = not value if dest == "no_progress" else value
-        if dest in typed and value != recorded.get(key):
-            raise ValueError(
-                f"{flag} asks for {key}={value!r}, but run {name!r} trained with {key}={recorded.get(key)!r} "
-                "(its config.json), which --resume keeps; drop the flag, or start a new --run-name"
-            )
+    asked = {key: getattr(args, dest) for dest, (flag, key) in RESUME_FLAGS.items() if dest in typed}
+    if "progress" in asked:
+        asked["progress"] = not asked["progress"]  # the flag is --no-progress
+    flags = {key: flag for flag, key in RESUME_FLAGS.values()}
+    changed = run_folder.resume_changes(recorded, asked)
+    if changed:
+        key = next(key for key in asked if key in changed)  # the first in the flag table's order
+        raise ValueError(
+            f"{flags[key]} asks for {key}={asked[key]!r}, but run {name!r} trained with {key}={recorded[key]!r} "
+            "(its config.json), which --resume keeps; drop the flag, or start a new --run-name"
+        )
+    return asked
 
 
 def _train_options(args: argparse.Namespace, profile: RunProfile) -> dict[str, Any]:
@@ -323,9 +340,7 @@ def _run_train(args: argparse.Namespace, plan: TrainPlan) -> int:
     how += f", settings from {args.config}" if args.config is not None else ""
     print(f"utils {__version__} train: {plan.label}, {how}", flush=True)
     if args.resume:
-        results = plan.coordinator.resume_training(
-            plan.run_dir, plan.model, plan.config, n_epochs=args.epochs, max_steps=args.max_steps
-        )
+        results = plan.coordinator.resume_training(plan.run_dir, plan.model, plan.config, **plan.resume_options)
     else:
         results = plan.coordinator.train(plan.model, plan.config, **plan.options)
     record = _export_model(results, plan.export_dir, args.overwrite) if plan.export_dir is not None else None

@@ -11,7 +11,8 @@ The folder holds:
 - ``README.md``: a model card with the metrics and how to load the weights.
 
 It is written atomically through ``utils.folders`` (complete or absent, an
-earlier export replaced only with ``overwrite=True``). Before the folder is
+earlier export replaced only with ``overwrite=True``); the metadata and the
+card's text are built in ``utils.training.model_card``. Before the folder is
 swapped into place the export is reloaded, with ``strict=True``, into a freshly
 built model whose logits are compared with the original's: an export that does
 not reload exactly is reported as ``status='fail'``, never as fine.
@@ -26,8 +27,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import math
 import types
 from collections.abc import Callable, Mapping
@@ -37,12 +36,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from utils._version import __version__
-from utils.checks import check_bool, check_path, is_number
-from utils.folders import check_target_folder, staged_folder
+from utils.checks import check_bool, check_path
+from utils.folders import check_target_folder, staged_folder, write_json_atomic
 from utils.model_helpers import (
     config_size,
-    count_parameters,
     detect_vocab_size,
     extract_logits,
     make_forward_fn,
@@ -52,13 +49,18 @@ from utils.model_helpers import (
     validate_model,
 )
 from utils.optional import import_optional
-from utils.records import environment_record, to_jsonable
+from utils.records import to_jsonable
+from utils.training.model_card import (
+    CARD_FILE,
+    CONFIG_FILE,
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    export_metadata,
+    model_card_text,
+)
+from utils.training.model_card import FORMAT_VERSION as FORMAT_VERSION  # re-exported: the layout's version
+from utils.training.model_card import config_to_dict as config_to_dict  # re-exported: callers import it from here
 
-FORMAT_VERSION = 1  # of metadata.json and the folder layout
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-METADATA_FILE = "metadata.json"
-CARD_FILE = "README.md"
 # Every export has these; overwrite=True replaces only a folder that holds them, never any other folder.
 _EXPORT_FILES = (WEIGHTS_FILE, METADATA_FILE)
 
@@ -111,9 +113,9 @@ def export_state_dict(
         safetensors.torch.save_model(model, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         _write_json(staging / CONFIG_FILE, config_json)
         parity = _check_reload(model, fresh, staging / WEIGHTS_FILE, config, built_from=built_from, note=note)
-        metadata = _metadata(model, results, config, parity)
+        metadata = export_metadata(model, results, config, parity)
         _write_json(staging / METADATA_FILE, metadata)
-        (staging / CARD_FILE).write_text(_model_card(model, config, metadata))
+        (staging / CARD_FILE).write_text(model_card_text(model, config, metadata))
         files = sorted(p.name for p in staging.iterdir())
     return {"export_dir": out.resolve(), "files": files, "parity": parity, "metadata": metadata}
 
@@ -135,69 +137,88 @@ def check_export_target(
     return out
 
 
-def load_exported_weights(model: nn.Module, export_dir: str | Path) -> nn.Module:
-    """Load an export's ``model.safetensors`` into ``model`` with ``strict=True``, on the model's device.
+def load_exported_weights(model: nn.Module, export_dir: str | Path, *, convert_dtype: bool = False) -> nn.Module:
+    """Load an export's ``model.safetensors`` into ``model``, strictly: every weight must fit, or nothing is loaded.
+
+    Every key, shape and dtype is checked against ``model`` before a single
+    weight is copied, so on any error ``model`` is left exactly as it was.
+    Tied weights (stored once) fill every name they are tied to.
 
     Example:
         >>> model = load_exported_weights(TinyTransformer(config), "exports/run-1")
+        >>> load_exported_weights(model.half(), "exports/run-1", convert_dtype=True)  # fp32 weights into fp16
 
     Args:
         model: a model built like the exported one (see the export's README.md).
         export_dir: the folder ``export_state_dict`` wrote, or its ``model.safetensors`` file.
+        convert_dtype: convert floating-point weights whose dtype differs from the model's
+            (e.g. an fp16 export into an fp32 model) instead of refusing them.
 
     Returns:
-        ``model``, holding the exported weights.
+        ``model``, holding the exported weights (on its own devices).
 
     Raises:
         TypeError, ValueError: ``model`` is not a module or ``export_dir`` not a path.
         FileNotFoundError: no ``model.safetensors`` there.
-        ValueError: the file is not safetensors, or its weights do not fit ``model`` exactly.
+        ValueError: the file is not safetensors; a weight is missing, unexpected or of another shape;
+            or of another dtype than the model's (without ``convert_dtype``), naming the tensor.
     """
     validate_model(model)
     check_path(export_dir, "export_dir")
+    check_bool(convert_dtype, "convert_dtype")
     path = Path(export_dir)
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     if not weights.is_file():
         raise FileNotFoundError(f"export_dir {path}: no {WEIGHTS_FILE} there; pass the folder export_state_dict wrote")
     safetensors = import_safetensors()
     try:
-        safetensors.torch.load_model(model, weights, strict=True, device=str(model_device(model)))
+        tensors = safetensors.torch.load_file(weights, device="cpu")
     except safetensors.SafetensorError as err:
         raise ValueError(f"export_dir {path}: {weights} is not a readable safetensors file ({err})") from err
-    except RuntimeError as err:  # missing, unexpected or mis-shaped weights
+    _check_fits(model, tensors, path, convert_dtype)
+    with torch.no_grad():  # every check passed: only now is anything copied (cast and moved per tensor)
+        model.load_state_dict(tensors, strict=False)  # the names left out are tied to loaded ones
+    return model
+
+
+def _check_fits(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path, convert_dtype: bool) -> None:
+    """Raise, naming the problem, unless ``tensors`` fill every weight of ``model`` with the right shape and dtype."""
+    expected = model.state_dict(keep_vars=True)  # the tensors themselves: tied names share one object
+    tied: dict[int, list[str]] = {}
+    for name, tensor in expected.items():
+        tied.setdefault(id(tensor), []).append(name)
+    missing = [name for name, t in expected.items() if not any(n in tensors for n in tied[id(t)])]
+    unexpected = [name for name in tensors if name not in expected]
+    shapes = [
+        f"{name}: export {tuple(t.shape)} vs model {tuple(expected[name].shape)}"
+        for name, t in tensors.items()
+        if name in expected and t.shape != expected[name].shape
+    ]
+    problems = [
+        f"{label} {items[:5]}{' ...' if len(items) > 5 else ''}"
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+        if items
+    ]
+    if problems:
         raise ValueError(
             f"export_dir {path}: the weights do not fit this {type(model).__name__} exactly; build the model "
-            f"from the export's {CONFIG_FILE} as its {CARD_FILE} shows ({_describe(err)})"
-        ) from err
-    return model
+            f"from the export's {CONFIG_FILE} as its {CARD_FILE} shows ({'; '.join(problems)}). Nothing was loaded"
+        )
+    dtypes = [(n, t.dtype, expected[n].dtype) for n, t in tensors.items() if t.dtype != expected[n].dtype]
+    refused = [d for d in dtypes if not (convert_dtype and d[1].is_floating_point and d[2].is_floating_point)]
+    if refused:
+        (name, saved, wanted), more = refused[0], f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        fix = "it cannot be converted" if convert_dtype else "pass convert_dtype=True to convert it"
+        raise ValueError(
+            f"export_dir {path}: tensor {name!r} is {saved} in the export but {wanted} in the model{more}; "
+            f"{fix}, or build the model in the export's dtype. Nothing was loaded"
+        )
 
 
 def import_safetensors() -> types.ModuleType:
     """The ``safetensors`` package with its ``torch`` module loaded, or an ImportError that says how to install it."""
     import_optional("safetensors.torch", "exporting and loading weights", package="safetensors")
     return import_optional("safetensors", "exporting and loading weights")
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A config as plain JSON data: a Hugging Face config (``to_dict()``), a dataclass, a dict or a SimpleNamespace.
-
-    Raises:
-        TypeError: naming ``config``, for any other type.
-    """
-    if callable(getattr(config, "to_dict", None)) and not isinstance(config, Mapping):
-        data = config.to_dict()  # before the dataclass test: Hugging Face configs are dataclasses too
-    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
-        data = dataclasses.asdict(config)
-    elif isinstance(config, Mapping):
-        data = dict(config)
-    elif isinstance(config, types.SimpleNamespace):
-        data = vars(config)
-    else:
-        raise TypeError(
-            f"config must be a dataclass, dict, SimpleNamespace or Hugging Face config (with to_dict()), "
-            f"got {type(config).__name__}; pass the config the model was built from"
-        )
-    return to_jsonable(data)
 
 
 def _check_reload(
@@ -234,41 +255,6 @@ def _check_reload(
     except Exception as err:  # the model cannot run on a probe batch, so the reload cannot be confirmed
         return {**result, "reason": f"running {note} and the original on a probe batch failed: {_describe(err)}"}
     return {**result, **_compare_logits(expected, actual, note, tuple(input_ids.shape))}
-
-
-def _model_card(model: nn.Module, config: Any, metadata: Mapping[str, Any]) -> str:
-    """The export's README.md: what it is, the reload check, the metrics and how to load it."""
-    parity = metadata["parity"]
-    reason = parity["reason"][:1].upper() + parity["reason"][1:]
-    if parity["status"] == "ok":
-        check = f"Reload check: **ok**. {reason}."
-    else:
-        check = f"> **Warning: the reload check failed.** {reason}. Do not use these weights until you know why."
-    lines = [
-        f"# {type(model).__name__}",
-        "",
-        f"Exported by `utils` {metadata['utils_version']} with torch {metadata['torch_version']} and "
-        f"safetensors {metadata['safetensors_version']}: {metadata['parameter_count']:,} parameters, "
-        f"precision {metadata['precision'] or 'not recorded'}.",
-        "",
-        check,
-        "",
-        "## Metrics",
-        "",
-        *_metrics_table(metadata["metrics"]),
-        "",
-        "## Load the weights",
-        "",
-        "```python",
-        *_load_snippet(
-            model, config, rebuild_from_config=parity["built_from"] == "config" and parity["status"] == "ok"
-        ),
-        "```",
-        "",
-        f"`{WEIGHTS_FILE}` holds tensors only (no pickled code); tied weights are stored once and "
-        "re-tied by `load_model`. `metadata.json` records the versions, the environment and the reload check.",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- arguments
@@ -420,96 +406,5 @@ def _describe(err: BaseException, limit: int = 600) -> str:
 # --------------------------------------------------------------------------- what is written
 
 
-def _metadata(model: nn.Module, results: Mapping[str, Any], config: Any, parity: dict[str, Any]) -> dict[str, Any]:
-    import safetensors  # already imported by the caller; here only for its version
-
-    precision = results.get("precision")
-    environment = results.get("environment")
-    if not isinstance(environment, Mapping):
-        environment = environment_record(model_device(model), precision=precision)
-    return to_jsonable(
-        {
-            "format_version": FORMAT_VERSION,
-            "utils_version": __version__,
-            "torch_version": torch.__version__,
-            "safetensors_version": safetensors.__version__,
-            "model_class": _qualified_name(type(model)),
-            "config_class": _qualified_name(type(config)),
-            "parameter_count": count_parameters(model)["total"],
-            "precision": precision,
-            "metrics": _metrics(results),
-            "environment": dict(environment),
-            "parity": parity,
-        }
-    )
-
-
-def _metrics(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The results' top-level scalars (val_loss, best_epoch, optimizer_steps ...), in their order."""
-    metrics = {}
-    for name, value in results.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
-            value = value.item()
-        if is_number(value):
-            metrics[str(name)] = value
-    return metrics
-
-
-def _metrics_table(metrics: Mapping[str, Any]) -> list[str]:
-    if not metrics:
-        return ["_No metrics were recorded: the model was exported without a results dict._"]
-    rows = [f"| {name} | {'n/a' if value is None else f'{value:.6g}'} |" for name, value in metrics.items()]
-    return ["| metric | value |", "|---|---|", *rows]
-
-
-def _load_snippet(model: nn.Module, config: Any, *, rebuild_from_config: bool) -> list[str]:
-    """Python lines that rebuild the model from config.json and load the weights with strict=True."""
-    (config_module, config_name), config_expr = _config_source(config)
-    model_module, model_name = _import_source(type(model))
-    imports: dict[str, set[str]] = {"safetensors.torch": {"load_model"}}
-    for module, name in ((config_module, config_name), (model_module, model_name)):
-        if module is not None:
-            imports.setdefault(module, set()).add(name.split(".")[0])
-    lines = ["import json", ""] + [
-        f"from {m} import {', '.join(sorted(names))}" for m, names in sorted(imports.items())
-    ]
-    own = [name for module, name in ((config_module, config_name), (model_module, model_name)) if module is None]
-    lines += [f"# {name} is defined in your own code: run its definition first" for name in own if name != "dict"]
-    lines += ["", f'with open("{CONFIG_FILE}") as f:', f"    config = {config_expr}"]
-    if rebuild_from_config:
-        lines.append(f"model = {model_name}(config)")
-    else:
-        lines.append(f"model = {model_name}(...)  # build it exactly as the exported model was built")
-    lines.append(f'load_model(model, "{WEIGHTS_FILE}", strict=True)')
-    return lines
-
-
-def _config_source(config: Any) -> tuple[tuple[str | None, str], str]:
-    """Where the config's class comes from, and the expression that rebuilds it from ``json.load(f)``."""
-    if callable(getattr(config, "to_dict", None)) and not isinstance(config, Mapping):
-        source = _import_source(type(config))
-        return source, f"{source[1]}.from_dict(json.load(f))"
-    if dataclasses.is_dataclass(config):
-        source = _import_source(type(config))
-        return source, f"{source[1]}(**json.load(f))"
-    if isinstance(config, types.SimpleNamespace):
-        return ("types", "SimpleNamespace"), "SimpleNamespace(**json.load(f))"
-    return (None, "dict"), "json.load(f)"
-
-
-def _import_source(cls: type) -> tuple[str | None, str]:
-    """``(module, qualified name)`` to import a class from; module None when it lives in a notebook or a function."""
-    module = cls.__module__
-    if module == "__main__" or "<locals>" in cls.__qualname__:
-        return None, cls.__qualname__.split(".")[-1]
-    if module.startswith("transformers."):
-        module = "transformers"  # Hugging Face classes are all importable from the top level
-    return module, cls.__qualname__
-
-
-def _qualified_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
+    write_json_atomic(path, to_jsonable(data), allow_nan=False)

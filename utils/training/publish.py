@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import re
 import socket
+import struct
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -49,6 +51,7 @@ NO_TOKEN_REASON = "no token: pass token= or set HF_TOKEN"
 # ending with '-' or '.', and no '--' or '..' (checked apart).
 _REPO_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"{_REPO_PART}/{_REPO_PART}")
+_MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit on the JSON header
 
 
 def publish_to_hub(
@@ -81,7 +84,8 @@ def publish_to_hub(
         (see the module docstring). It never returns None and never raises for a network error.
 
     Raises:
-        ValueError: a bad argument (named, with the fix), before any work.
+        ValueError: a bad argument (named, with the fix), or a damaged export file (config.json or
+            metadata.json not JSON, model.safetensors without a readable header), before any work.
         FileNotFoundError: no such folder, or one of the export files is missing from it.
         ImportError: a real upload without ``huggingface_hub`` installed.
     """
@@ -128,8 +132,12 @@ class _UploadPlan:
 def check_export_dir(export_dir: Any) -> Path:
     """The export folder as a Path, or an error naming what is missing.
 
+    The files are checked too, so that neither a dry run nor an upload reports a damaged export as
+    fine: ``config.json`` and ``metadata.json`` must be JSON objects, and ``model.safetensors`` must
+    have a readable header whose tensors lie within the file.
+
     Raises:
-        ValueError: not a path, or a file rather than a folder.
+        ValueError: not a path, a file rather than a folder, or a damaged export file (naming it).
         FileNotFoundError: no such folder, or it lacks one of ``EXPORT_FILES``.
     """
     check_path(export_dir, "export_dir")
@@ -144,7 +152,52 @@ def check_export_dir(export_dir: Any) -> Path:
             f"export_dir {str(folder)!r} is not an export folder: it lacks {', '.join(missing)}; "
             f"export the model with export_state_dict first (an export folder holds {', '.join(EXPORT_FILES)})"
         )
+    for name, problem in (
+        ("model.safetensors", _weights_problem(folder / "model.safetensors")),
+        ("config.json", _json_problem(folder / "config.json")),
+        ("metadata.json", _json_problem(folder / "metadata.json")),
+    ):
+        if problem is not None:
+            raise ValueError(
+                f"export_dir {str(folder)!r}: {name} {problem}; it is damaged, so nothing would load it. "
+                "Export the model again with export_state_dict"
+            )
     return folder
+
+
+def _json_problem(path: Path) -> str | None:
+    """Why ``path`` is not a JSON object, or None."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"is not valid JSON ({err})"
+    return None if isinstance(data, dict) else f"holds a JSON {type(data).__name__}, not an object"
+
+
+def _weights_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable safetensors file (its header, read with the standard library), or None.
+
+    The format: a little-endian u64 header length, a JSON header naming each tensor's byte range, the bytes.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        start = file.read(8)
+        header_len = struct.unpack("<Q", start)[0] if len(start) == 8 else size
+        if header_len > min(size - 8, _MAX_HEADER_BYTES):
+            return f"is not a safetensors file (its {size} bytes hold no complete header)"
+        try:
+            header = json.loads(file.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            return f"is not a safetensors file (its header is not JSON: {err})"
+    if not isinstance(header, dict):
+        return "is not a safetensors file (its header is not a JSON object)"
+    data_bytes = size - 8 - header_len
+    for name, entry in header.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        fits = isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+        if name != "__metadata__" and not (fits and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+            return f"is truncated or not a safetensors file (tensor {name!r} lies outside its {data_bytes} data bytes)"
+    return None
 
 
 def check_repo_id(repo_id: Any) -> None:

@@ -2,7 +2,9 @@
 
 ``TrainingCoordinator`` is a thin shell over the engine (``utils.training.loop``):
 it names each run, gives it a folder, and writes what a run leaves behind.
-It is not a second training loop; every step runs in ``loop.train``.
+It is not a second training loop; every step runs in ``loop.train``. The run
+folder's rules (its name, ``config.json``, the resume rule, replacing an old run
+safely) live in ``utils.training.run_folder``.
 
 A run folder ``output_dir/<run_name>/`` holds:
 
@@ -20,12 +22,7 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import re
-import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,20 +32,23 @@ import torch.nn as nn
 
 from utils.checks import check_bool, check_choice, check_non_negative_number, check_path, check_positive_int
 from utils.device import resolve_device
+from utils.folders import write_json_atomic
 from utils.model_helpers import validate_model
 from utils.records import to_jsonable
 from utils.training import checkpoint as ckpt
-from utils.training import loop
+from utils.training import loop, run_folder
 from utils.training.callbacks import EarlyStopping
 from utils.training.data import DEFAULT_CORPUS_BYTES
 from utils.training.plots import create_training_figure
 from utils.training.precision import PRECISIONS
 
-CONFIG_FILE = "config.json"
-RUN_FORMAT_VERSION = 1
-# Settings that change nothing a resumed run computes, so they may differ when resuming.
-RESUME_MAY_CHANGE = ("n_epochs", "max_steps", "progress", "use_wandb", "wandb_project", "device", "load_best")
-_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# The run folder's rules live in run_folder; these names stay importable from here.
+from utils.training.run_folder import CONFIG_FILE as CONFIG_FILE
+from utils.training.run_folder import RESUME_MAY_CHANGE as RESUME_MAY_CHANGE
+from utils.training.run_folder import RUN_FORMAT_VERSION as RUN_FORMAT_VERSION
+from utils.training.run_folder import check_run_name as check_run_name
+from utils.training.run_folder import read_run_config as read_run_config
+
 # A short run on the built-in corpus, to check the wiring (about 30 steps of a tiny model: seconds on a CPU).
 QUICK_TRAIN = dict(
     n_epochs=1, max_steps=30, batch_size=8, learning_rate=1e-3, max_corpus_bytes=40_000, max_val_batches=4
@@ -159,7 +159,9 @@ class TrainingCoordinator:
         """
         options = {k: v for k, v in locals().items() if k not in ("self", "model", "config", "train_data", "val_data")}
         lifecycle = _pop_lifecycle(options)
-        run_dir = self._run_dir(lifecycle["run_name"], lifecycle["resume"], lifecycle["overwrite"])
+        run_dir = run_folder.check_run_dir(
+            self.output_dir, lifecycle["run_name"], lifecycle["resume"], lifecycle["overwrite"]
+        )
         fields = {k: self.defaults[k] if k in self.defaults and v is None else v for k, v in options.items()}
         if fields["use_amp"] is None:  # mixed precision by default, wherever precision is left to 'auto'
             fields["use_amp"] = fields["precision"] == "auto"
@@ -171,7 +173,7 @@ class TrainingCoordinator:
 
         Nothing is downloaded. ``overrides`` are ``train`` keywords (``run_name``, ``max_steps`` ...).
         """
-        run_name = overrides.pop("run_name", None) or _default_run_name(self.output_dir, "quick")
+        run_name = overrides.pop("run_name", None) or run_folder.default_run_name(self.output_dir, "quick")
         return self.train(model, config, **{**QUICK_TRAIN, "run_name": run_name, **overrides})
 
     def resume_training(
@@ -184,6 +186,9 @@ class TrainingCoordinator:
         max_steps: int | None = None,
         device: str | torch.device | None = None,
         progress: bool | None = None,
+        use_wandb: bool | None = None,
+        wandb_project: str | None = None,
+        load_best: bool | None = None,
         train_data: Any = None,
         val_data: Any = None,
         callbacks: Sequence[Any] = (),
@@ -194,14 +199,18 @@ class TrainingCoordinator:
         weights as a run that never stopped (on one process); early-stopping
         patience and the best value carry over. ``n_epochs`` (counted from the
         run's start) or ``max_steps`` may be raised to train on; the learning-rate
-        schedule then stretches to the new length. ``device`` and ``progress``
-        may differ from the original run's.
+        schedule then stretches to the new length. ``device``, ``progress``,
+        ``use_wandb``, ``wandb_project`` and ``load_best`` may differ from the
+        original run's: these keywords are exactly ``RESUME_MAY_CHANGE``, the
+        settings nothing a resumed run computes depends on. None keeps the run's.
 
         Raises:
-            FileNotFoundError, ValueError: not a run folder, no checkpoint, or a
-                run that trained on user data resumed without it.
+            FileNotFoundError, ValueError: not a run folder, no checkpoint, a
+                ``config.json`` that lacks a section or no longer matches
+                ``last.pt`` (it was edited), or a run that trained on user data
+                resumed without it.
         """
-        run_dir = _find_run_dir(run_dir_or_checkpoint)
+        run_dir = run_folder.find_run_dir(run_dir_or_checkpoint)
         saved = read_run_config(run_dir)
         if saved["data"]["train_data"] != "python-stdlib" and train_data is None:
             raise ValueError(
@@ -209,7 +218,15 @@ class TrainingCoordinator:
                 "pass the same train_data (and val_data) to resume it exactly"
             )
         fields = dict(saved["settings"])
-        changes = dict(n_epochs=n_epochs, max_steps=max_steps, device=device, progress=progress)
+        changes = dict(
+            n_epochs=n_epochs,
+            max_steps=max_steps,
+            device=device,
+            progress=progress,
+            use_wandb=use_wandb,
+            wandb_project=wandb_project,
+            load_best=load_best,
+        )
         fields.update({k: v for k, v in changes.items() if v is not None})  # only what RESUME_MAY_CHANGE allows
         lifecycle = {**saved["lifecycle"], "run_name": run_dir.name, "resume": True, "overwrite": False}
         return self._run(run_dir, model, config, train_data, val_data, fields, lifecycle, callbacks)
@@ -244,34 +261,6 @@ class TrainingCoordinator:
 
         return publish_to_hub(export_dir, repo_id, **options)
 
-    # -- the run folder ---------------------------------------------------------
-
-    def _run_dir(self, run_name: str | None, resume: bool, overwrite: bool) -> Path:
-        """The run folder for ``run_name``, checked against ``resume``/``overwrite`` before any work."""
-        check_bool(resume, "resume")
-        check_bool(overwrite, "overwrite")
-        if resume and overwrite:
-            raise ValueError("resume=True and overwrite=True contradict each other; pass one of them")
-        if run_name is None:
-            if resume:
-                raise ValueError("resume=True needs the run_name of the run to continue")
-            return self.output_dir / _default_run_name(self.output_dir, "run")
-        check_run_name(run_name)
-        run_dir = self.output_dir / run_name
-        if run_dir.exists() and not run_dir.is_dir():
-            raise ValueError(f"run_name={run_name!r}: {run_dir} is a file; pick another run_name")
-        if run_dir.exists() and not (resume or overwrite):
-            raise ValueError(
-                f"run_name={run_name!r}: {run_dir} already exists; pass resume=True to continue it, "
-                "overwrite=True to replace it, or another run_name"
-            )
-        if resume and not ckpt.checkpoint_path(run_dir / "checkpoints").is_file():
-            raise ValueError(
-                f"resume=True, but {run_dir} holds no checkpoint to resume (checkpoints/{ckpt.CHECKPOINT_FILE}); "
-                "train it first, or drop resume=True"
-            )
-        return run_dir
-
     def _run(
         self,
         run_dir: Path,
@@ -291,15 +280,17 @@ class TrainingCoordinator:
             **fields, checkpoint_dir=checkpoints, resume_from=ckpt.checkpoint_path(checkpoints) if resume else None
         )
         if resume:
-            _check_resumable(run_dir, settings)
+            run_folder.check_resumable(run_dir, settings)
         stopper = _early_stopping(lifecycle, settings)
-        all_callbacks = [*callbacks, *([stopper] if stopper else [])]
-        with _prepared_run_dir(run_dir, replace=lifecycle["overwrite"], keep=resume):
-            run_config = _run_config(run_dir, settings, lifecycle, model, config, train_data, val_data)
+        # The settings record first: each last.pt then carries a copy of the settings it was trained with.
+        record = run_folder.SettingsRecord(run_folder.settings_record(settings))
+        all_callbacks = [record, *callbacks, *([stopper] if stopper else [])]
+        with run_folder.prepared_run_dir(run_dir, replace=lifecycle["overwrite"], keep=resume):
+            run_config = run_folder.run_config(run_dir, settings, lifecycle, model, config, train_data, val_data)
             if not resume:
-                _write_json(run_dir / CONFIG_FILE, run_config)
+                run_folder.write_run_config(run_dir, run_config)
             results = loop.train(model, config, settings, train_data, val_data, callbacks=all_callbacks)
-        _write_json(run_dir / CONFIG_FILE, run_config)  # on resume, n_epochs may have grown
+        run_folder.write_run_config(run_dir, run_config)  # on resume, n_epochs may have grown
         return _finish_run(run_dir, results, model, config)
 
 
@@ -315,29 +306,6 @@ def train_model(model: nn.Module, config: Any, train_data: Any = None, **kwargs:
     return TrainingCoordinator(**coordinator_args).train(model, config, train_data, **kwargs)
 
 
-def check_run_name(run_name: Any, name: str = "run_name") -> None:
-    """A run folder's name: letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128."""
-    if not isinstance(run_name, str) or not _RUN_NAME.fullmatch(run_name):
-        raise ValueError(
-            f"{name} must be a folder name of letters, digits, '.', '_' and '-', starting with a letter or digit "
-            f"(at most 128), got {run_name!r}"
-        )
-
-
-def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """A run folder's ``config.json``, checked."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
-    try:
-        saved = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); it is damaged") from err
-    if not isinstance(saved, dict) or saved.get("format_version") != RUN_FORMAT_VERSION:
-        raise ValueError(f"{path} is not a run config of this library (format {RUN_FORMAT_VERSION})")
-    return saved
-
-
 def _pop_lifecycle(options: dict[str, Any]) -> dict[str, Any]:
     """Take the lifecycle keywords out of ``options`` and check them (the rest are engine settings)."""
     lifecycle = {k: options.pop(k) for k in ("run_name", "early_stopping_patience", "early_stopping_min_delta")}
@@ -347,121 +315,11 @@ def _pop_lifecycle(options: dict[str, Any]) -> dict[str, Any]:
     return lifecycle
 
 
-def _default_run_name(output_dir: Path, prefix: str) -> str:
-    stamp = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    name, n = stamp, 2
-    while (output_dir / name).exists():
-        name, n = f"{stamp}-{n}", n + 1
-    return name
-
-
-def _find_run_dir(run_dir_or_checkpoint: Any) -> Path:
-    check_path(run_dir_or_checkpoint, "run_dir_or_checkpoint")
-    path = Path(run_dir_or_checkpoint)
-    if path.is_file() and path.parent.name == "checkpoints":  # .../<run>/checkpoints/last.pt
-        path = path.parent.parent
-    if not path.is_dir():
-        raise FileNotFoundError(f"run_dir_or_checkpoint={str(run_dir_or_checkpoint)!r}: no run folder there")
-    return path
-
-
-def _check_resumable(run_dir: Path, settings: loop.TrainingSettings) -> None:
-    """Resuming exactly needs the run's own settings: refuse ones that would change what it computes."""
-    saved = read_run_config(run_dir)["settings"]
-    now = _settings_record(settings)
-    changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k])
-    if changed:
-        detail = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
-        raise ValueError(
-            f"resume=True with settings that differ from run {run_dir.name!r} ({detail}); it would not continue "
-            "exactly. Use resume_training(run_dir, ...), which reads them from config.json, or start a new run_name"
-        )
-
-
 def _early_stopping(lifecycle: dict[str, Any], settings: loop.TrainingSettings) -> EarlyStopping | None:
     patience = lifecycle["early_stopping_patience"]
     if patience is None:
         return None
     return EarlyStopping(patience, lifecycle["early_stopping_min_delta"], monitor=settings.monitor, mode=settings.mode)
-
-
-class _prepared_run_dir:
-    """Make the run folder (replacing an old one safely); undo it if training fails before any checkpoint.
-
-    With ``replace``, the old folder is renamed aside first, deleted once the new
-    run has a checkpoint, and put back if the new run fails before writing one.
-    """
-
-    def __init__(self, run_dir: Path, *, replace: bool, keep: bool) -> None:
-        self.run_dir, self.replace, self.keep = run_dir, replace, keep
-        self.aside: Path | None = None
-
-    def __enter__(self) -> Path:
-        if self.replace and self.run_dir.exists():
-            self.aside = self.run_dir.with_name(f".{self.run_dir.name}.replaced-{os.getpid()}-{time.time_ns()}")
-            self.run_dir.rename(self.aside)
-        self.run_dir.mkdir(parents=True, exist_ok=self.keep)
-        return self.run_dir
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        checkpointed = ckpt.checkpoint_path(self.run_dir / "checkpoints").is_file()
-        if exc_type is not None and not self.keep and not checkpointed:
-            shutil.rmtree(self.run_dir, ignore_errors=True)  # nothing worth keeping: leave no half-made run
-            if self.aside is not None:
-                self.aside.rename(self.run_dir)
-                self.aside = None
-        if self.aside is not None:
-            shutil.rmtree(self.aside, ignore_errors=True)
-
-
-def _settings_record(settings: loop.TrainingSettings) -> dict[str, Any]:
-    """The engine settings as JSON, without the run folder's own paths (they follow the folder)."""
-    record = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
-    for name in ("checkpoint_dir", "resume_from", "wandb_prefix"):
-        record.pop(name)
-    record["device"] = str(record["device"]) if record["device"] is not None else None
-    return to_jsonable(record)
-
-
-def _run_config(
-    run_dir: Path,
-    settings: loop.TrainingSettings,
-    lifecycle: dict[str, Any],
-    model: nn.Module,
-    config: Any,
-    train_data: Any,
-    val_data: Any,
-) -> dict[str, Any]:
-    from utils._version import __version__
-
-    return {
-        "format_version": RUN_FORMAT_VERSION,
-        "utils_version": __version__,
-        "run_name": run_dir.name,
-        "settings": _settings_record(settings),
-        "lifecycle": {k: lifecycle[k] for k in ("early_stopping_patience", "early_stopping_min_delta")},
-        "data": {"train_data": _describe_data(train_data), "val_data": _describe_data(val_data)},
-        "model": {"class": f"{type(model).__module__}.{type(model).__qualname__}", "config": _config_record(config)},
-    }
-
-
-def _describe_data(data: Any) -> str | None:
-    if data is None:
-        return "python-stdlib"
-    if isinstance(data, (str, os.PathLike)) and len(str(data)) < 4096 and "\n" not in str(data):
-        return f"file {data}"
-    size = f" of {len(data)}" if hasattr(data, "__len__") else ""
-    return f"user {type(data).__name__}{size}"
-
-
-def _config_record(config: Any) -> Any:
-    """The model config as JSON for config.json (the export's converter); other kinds as text."""
-    from utils.training.export import config_to_dict
-
-    try:
-        return config_to_dict(config)
-    except TypeError:
-        return None if config is None else str(config)
 
 
 def _finish_run(run_dir: Path, results: dict[str, Any], model: nn.Module, config: Any) -> dict[str, Any]:
@@ -471,12 +329,5 @@ def _finish_run(run_dir: Path, results: dict[str, Any], model: nn.Module, config
     results["step_history"].to_csv(run_dir / "steps.csv", index=False)
     figure.savefig(run_dir / "training_curves.png", dpi=110)
     plain = {k: v for k, v in results.items() if k not in ("metrics_summary", "step_history")}
-    _write_json(run_dir / "results.json", {"run_dir": str(run_dir), **plain})
+    write_json_atomic(run_dir / "results.json", to_jsonable({"run_dir": str(run_dir), **plain}))
     return {**results, "figure": figure, "run_dir": str(run_dir), "model": model, "config": config}
-
-
-def _write_json(path: Path, value: Any) -> None:
-    """Write JSON atomically: a crash never leaves a torn file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(to_jsonable(value), indent=2) + "\n")
-    os.replace(partial, path)

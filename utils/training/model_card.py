@@ -1,0 +1,192 @@
+"""What an export says about itself: ``config.json``, ``metadata.json`` and the ``README.md`` model card.
+
+``export_state_dict`` (``utils.training.export``) writes all three from what is
+built here: the config as plain JSON (``config_to_dict``), the metadata
+(versions, parameter count, precision, final metrics, the environment record
+and the reload check) and the card, which shows the metrics, the reload check
+and the Python lines that rebuild the model from ``config.json`` (the reverse
+of ``config_to_dict``) and load ``model.safetensors``.
+
+Example:
+    >>> metadata = export_metadata(model, results, config, parity)
+    >>> text = model_card_text(model, config, metadata)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from utils._version import __version__
+from utils.checks import is_number
+from utils.model_helpers import count_parameters, model_device
+from utils.records import environment_record, to_jsonable
+
+FORMAT_VERSION = 1  # of metadata.json and the folder layout
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METADATA_FILE = "metadata.json"
+CARD_FILE = "README.md"
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config as plain JSON data: a Hugging Face config (``to_dict()``), a dataclass, a dict or a SimpleNamespace.
+
+    Raises:
+        TypeError: naming ``config``, for any other type.
+    """
+    if callable(getattr(config, "to_dict", None)) and not isinstance(config, Mapping):
+        data = config.to_dict()  # before the dataclass test: Hugging Face configs are dataclasses too
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+        data = dataclasses.asdict(config)
+    elif isinstance(config, Mapping):
+        data = dict(config)
+    elif isinstance(config, types.SimpleNamespace):
+        data = vars(config)
+    else:
+        raise TypeError(
+            f"config must be a dataclass, dict, SimpleNamespace or Hugging Face config (with to_dict()), "
+            f"got {type(config).__name__}; pass the config the model was built from"
+        )
+    return to_jsonable(data)
+
+
+def model_card_text(model: nn.Module, config: Any, metadata: Mapping[str, Any]) -> str:
+    """The export's README.md: what it is, the reload check, the metrics and how to load it.
+
+    Args:
+        model: the exported model.
+        config: its config, for the snippet that rebuilds the model.
+        metadata: what ``export_metadata`` returned (the reload check included).
+    """
+    parity = metadata["parity"]
+    reason = parity["reason"][:1].upper() + parity["reason"][1:]
+    if parity["status"] == "ok":
+        check = f"Reload check: **ok**. {reason}."
+    else:
+        check = f"> **Warning: the reload check failed.** {reason}. Do not use these weights until you know why."
+    lines = [
+        f"# {type(model).__name__}",
+        "",
+        f"Exported by `utils` {metadata['utils_version']} with torch {metadata['torch_version']} and "
+        f"safetensors {metadata['safetensors_version']}: {metadata['parameter_count']:,} parameters, "
+        f"precision {metadata['precision'] or 'not recorded'}.",
+        "",
+        check,
+        "",
+        "## Metrics",
+        "",
+        *_metrics_table(metadata["metrics"]),
+        "",
+        "## Load the weights",
+        "",
+        "```python",
+        *_load_snippet(
+            model, config, rebuild_from_config=parity["built_from"] == "config" and parity["status"] == "ok"
+        ),
+        "```",
+        "",
+        f"`{WEIGHTS_FILE}` holds tensors only (no pickled code); tied weights are stored once and "
+        "re-tied by `load_model`. `metadata.json` records the versions, the environment and the reload check.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def export_metadata(
+    model: nn.Module, results: Mapping[str, Any], config: Any, parity: dict[str, Any]
+) -> dict[str, Any]:
+    """``metadata.json``: versions, parameter count, precision, final metrics, environment and the reload check."""
+    import safetensors  # already imported by the exporter; here only for its version
+
+    precision = results.get("precision")
+    environment = results.get("environment")
+    if not isinstance(environment, Mapping):
+        environment = environment_record(model_device(model), precision=precision)
+    return to_jsonable(
+        {
+            "format_version": FORMAT_VERSION,
+            "utils_version": __version__,
+            "torch_version": torch.__version__,
+            "safetensors_version": safetensors.__version__,
+            "model_class": qualified_name(type(model)),
+            "config_class": qualified_name(type(config)),
+            "parameter_count": count_parameters(model)["total"],
+            "precision": precision,
+            "metrics": _metrics(results),
+            "environment": dict(environment),
+            "parity": parity,
+        }
+    )
+
+
+def _metrics(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The results' top-level scalars (val_loss, best_epoch, optimizer_steps ...), in their order."""
+    metrics = {}
+    for name, value in results.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+            value = value.item()
+        if is_number(value):
+            metrics[str(name)] = value
+    return metrics
+
+
+def _metrics_table(metrics: Mapping[str, Any]) -> list[str]:
+    if not metrics:
+        return ["_No metrics were recorded: the model was exported without a results dict._"]
+    rows = [f"| {name} | {'n/a' if value is None else f'{value:.6g}'} |" for name, value in metrics.items()]
+    return ["| metric | value |", "|---|---|", *rows]
+
+
+def _load_snippet(model: nn.Module, config: Any, *, rebuild_from_config: bool) -> list[str]:
+    """Python lines that rebuild the model from config.json and load the weights with strict=True."""
+    (config_module, config_name), config_expr = _config_source(config)
+    model_module, model_name = _import_source(type(model))
+    imports: dict[str, set[str]] = {"safetensors.torch": {"load_model"}}
+    for module, name in ((config_module, config_name), (model_module, model_name)):
+        if module is not None:
+            imports.setdefault(module, set()).add(name.split(".")[0])
+    lines = ["import json", ""] + [
+        f"from {m} import {', '.join(sorted(names))}" for m, names in sorted(imports.items())
+    ]
+    own = [name for module, name in ((config_module, config_name), (model_module, model_name)) if module is None]
+    lines += [f"# {name} is defined in your own code: run its definition first" for name in own if name != "dict"]
+    lines += ["", f'with open("{CONFIG_FILE}") as f:', f"    config = {config_expr}"]
+    if rebuild_from_config:
+        lines.append(f"model = {model_name}(config)")
+    else:
+        lines.append(f"model = {model_name}(...)  # build it exactly as the exported model was built")
+    lines.append(f'load_model(model, "{WEIGHTS_FILE}", strict=True)')
+    return lines
+
+
+def _config_source(config: Any) -> tuple[tuple[str | None, str], str]:
+    """Where the config's class comes from, and the expression that rebuilds it from ``json.load(f)``."""
+    if callable(getattr(config, "to_dict", None)) and not isinstance(config, Mapping):
+        source = _import_source(type(config))
+        return source, f"{source[1]}.from_dict(json.load(f))"
+    if dataclasses.is_dataclass(config):
+        source = _import_source(type(config))
+        return source, f"{source[1]}(**json.load(f))"
+    if isinstance(config, types.SimpleNamespace):
+        return ("types", "SimpleNamespace"), "SimpleNamespace(**json.load(f))"
+    return (None, "dict"), "json.load(f)"
+
+
+def _import_source(cls: type) -> tuple[str | None, str]:
+    """``(module, qualified name)`` to import a class from; module None when it lives in a notebook or a function."""
+    module = cls.__module__
+    if module == "__main__" or "<locals>" in cls.__qualname__:
+        return None, cls.__qualname__.split(".")[-1]
+    if module.startswith("transformers."):
+        module = "transformers"  # Hugging Face classes are all importable from the top level
+    return module, cls.__qualname__
+
+
+def qualified_name(cls: type) -> str:
+    """``module.QualifiedName`` of a class, as metadata.json records it."""
+    return f"{cls.__module__}.{cls.__qualname__}"

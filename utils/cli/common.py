@@ -21,7 +21,7 @@ from utils.device import resolve_device
 from utils.training.distributed import launched_world_size
 from utils.training.export import check_export_target
 from utils.training.precision import resolve_precision
-from utils.training.settings import FROM_SCRATCH, SETTING_DEFAULTS
+from utils.training.settings import FROM_SCRATCH, SETTING_DEFAULTS, amp_by_default
 from utils.training.settings import QUICK as QUICK_SETTINGS
 
 DEFAULT_SEQ_LEN = 128  # for a model file that brings no config
@@ -200,7 +200,7 @@ def _check_hardware(args: argparse.Namespace) -> None:
     """--device must name a device this machine has, and --precision must run on it."""
     device = _resolve_device(args.device)
     with _naming("--precision"):
-        resolve_precision(args.precision, use_amp=args.precision == "auto", device=device)
+        resolve_precision(args.precision, use_amp=amp_by_default(None, args.precision), device=device)
 
 
 def _resolve_device(name: str) -> torch.device:

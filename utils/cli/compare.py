@@ -26,6 +26,7 @@ from utils.cli.model_loading import BuiltModel, _check_model
 from utils.cli.reporting import _check_optional_out, _format, _write_section_report
 from utils.model_helpers import get_config_value
 from utils.training.data import ByteTokenizer, prepare_lm_data
+from utils.training.settings import amp_by_default
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def _comparison_options(
         n_samples=min(samples, _held_out_sequences(seq_len, profile.max_corpus_bytes)),
         train_steps=steps,
         precision=args.precision,
-        use_amp=args.precision == "auto",  # auto means mixed precision where the hardware has it, as in fine-tuning
+        use_amp=amp_by_default(None, args.precision),
         device=args.device,
         seed=args.seed,
         progress=not args.no_progress,

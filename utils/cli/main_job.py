@@ -28,6 +28,7 @@ from utils.cli.model_loading import _check_model
 from utils.cli.reporting import _exit_status, _export_model, _export_rows, _format
 from utils.training import checkpoint
 from utils.training.distributed import launched_rank, launched_world_size
+from utils.training.settings import amp_by_default
 
 # What the report keeps of test_fine_tuning's results.
 FINE_TUNING_KEPT = (
@@ -256,7 +257,7 @@ def _fine_tune(model: nn.Module, config: Any, args: argparse.Namespace, profile:
         learning_rate=profile.learning_rate,
         batch_size=profile.batch_size,
         use_wandb=args.wandb,
-        use_amp=args.precision == "auto",
+        use_amp=amp_by_default(None, args.precision),
         precision=args.precision,
         device=args.device,
         max_steps=profile.max_steps,

@@ -22,6 +22,7 @@ from utils.cli.common import (
 )
 from utils.cli.model_loading import BuiltModel, _check_model
 from utils.cli.reporting import _check_optional_out, _print_rows, _write_section_report
+from utils.training.settings import amp_by_default
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def _run_search(args: argparse.Namespace, job: SearchJob) -> int:
         device=args.device,
         precision=args.precision,
         progress=not args.no_progress,
-        use_amp=args.precision == "auto",  # auto means mixed precision where the hardware has it, as elsewhere
+        use_amp=amp_by_default(None, args.precision),
         seq_len=args.seq_len,
         compile=args.compile,
     )

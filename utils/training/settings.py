@@ -160,6 +160,12 @@ QUICK: dict[str, Any] = {
 }
 
 
+def amp_by_default(use_amp: bool | None, precision: str) -> bool:
+    """``use_amp`` as the lifecycle and the CLI read it: None (or a CLI with no AMP flag) means mixed
+    precision wherever ``precision`` is left to 'auto' (bf16, or fp16 on older GPUs), as fine-tuning does."""
+    return precision == "auto" if use_amp is None else use_amp
+
+
 class OptionError(TypeError, ValueError):
     """A training option a function does not take: unknown, or one it sets itself.
 
@@ -206,6 +212,7 @@ __all__ = [
     "EPOCH_ROW_KEYS",
     "FROM_SCRATCH",
     "LIFECYCLE_DEFAULTS",
+    "amp_by_default",
     "QUICK",
     "SETTING_DEFAULTS",
     "OptionError",

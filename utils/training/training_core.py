@@ -38,7 +38,6 @@ from utils.records import to_jsonable
 from utils.training import checkpoint as ckpt
 from utils.training import loop, run_folder
 from utils.training.callbacks import EarlyStopping
-from utils.training.data import DEFAULT_CORPUS_BYTES
 from utils.training.plots import create_training_figure
 from utils.training.precision import PRECISIONS
 
@@ -48,11 +47,10 @@ from utils.training.run_folder import RESUME_MAY_CHANGE as RESUME_MAY_CHANGE
 from utils.training.run_folder import RUN_FORMAT_VERSION as RUN_FORMAT_VERSION
 from utils.training.run_folder import check_run_name as check_run_name
 from utils.training.run_folder import read_run_config as read_run_config
+from utils.training.settings import LIFECYCLE_DEFAULTS, QUICK, TrainingSettings, amp_by_default
 
 # A short run on the built-in corpus, to check the wiring (about 30 steps of a tiny model: seconds on a CPU).
-QUICK_TRAIN = dict(
-    n_epochs=1, max_steps=30, batch_size=8, learning_rate=1e-3, max_corpus_bytes=40_000, max_val_batches=4
-)
+QUICK_TRAIN = QUICK
 
 
 class TrainingCoordinator:
@@ -73,12 +71,12 @@ class TrainingCoordinator:
     def __init__(
         self,
         output_dir: str | os.PathLike = "./training_output",
-        precision: str = "auto",
-        device: str | torch.device | None = "auto",
-        use_wandb: bool = False,
+        precision: str = TrainingSettings.precision,
+        device: str | torch.device | None = TrainingSettings.device,
+        use_wandb: bool = TrainingSettings.use_wandb,
         *,
-        wandb_project: str = "utils-transformer-tests",
-        progress: bool = True,
+        wandb_project: str = TrainingSettings.wandb_project,
+        progress: bool = TrainingSettings.progress,
     ) -> None:
         check_path(output_dir, "output_dir")
         ckpt.check_checkpoint_dir(output_dir, name="output_dir")
@@ -99,35 +97,35 @@ class TrainingCoordinator:
         val_data: Any = None,
         *,
         run_name: str | None = None,
-        n_epochs: int = 3,
-        learning_rate: float = 5e-5,
-        batch_size: int = 4,
-        gradient_accumulation_steps: int = 1,
-        use_amp: bool | None = None,
+        n_epochs: int = TrainingSettings.n_epochs,
+        learning_rate: float = TrainingSettings.learning_rate,
+        batch_size: int = TrainingSettings.batch_size,
+        gradient_accumulation_steps: int = TrainingSettings.gradient_accumulation_steps,
+        use_amp: bool | None = LIFECYCLE_DEFAULTS["use_amp"],
         early_stopping_patience: int | None = None,
         early_stopping_min_delta: float = 0.0,
-        monitor: str = "val/loss",
-        mode: str = "min",
-        load_best: bool = True,
+        monitor: str = TrainingSettings.monitor,
+        mode: str = TrainingSettings.mode,
+        load_best: bool = LIFECYCLE_DEFAULTS["load_best"],
         resume: bool = False,
         overwrite: bool = False,
         precision: str | None = None,
         device: str | torch.device | None = None,
         use_wandb: bool | None = None,
-        max_steps: int | None = None,
-        seed: int = 0,
-        grad_clip: float | None = 1.0,
-        warmup_steps: int | None = None,
-        weight_decay: float = 0.01,
-        log_every: int = 10,
+        max_steps: int | None = TrainingSettings.max_steps,
+        seed: int = TrainingSettings.seed,
+        grad_clip: float | None = TrainingSettings.grad_clip,
+        warmup_steps: int | None = TrainingSettings.warmup_steps,
+        weight_decay: float = TrainingSettings.weight_decay,
+        log_every: int = TrainingSettings.log_every,
         callbacks: Sequence[Any] = (),
-        seq_len: int | None = None,
-        max_val_batches: int | None = 50,
-        max_corpus_bytes: int = DEFAULT_CORPUS_BYTES,
-        init_loss_scale: float = 2.0**16,
+        seq_len: int | None = TrainingSettings.seq_len,
+        max_val_batches: int | None = TrainingSettings.max_val_batches,
+        max_corpus_bytes: int = TrainingSettings.max_corpus_bytes,
+        init_loss_scale: float = TrainingSettings.init_loss_scale,
         wandb_project: str | None = None,
         progress: bool | None = None,
-        compile: bool | dict[str, Any] = False,
+        compile: bool | dict[str, Any] = TrainingSettings.compile,
     ) -> dict[str, Any]:
         """Train ``model`` in its own run folder; every keyword of ``test_fine_tuning`` works here too.
 
@@ -163,8 +161,7 @@ class TrainingCoordinator:
             self.output_dir, lifecycle["run_name"], lifecycle["resume"], lifecycle["overwrite"]
         )
         fields = {k: self.defaults[k] if k in self.defaults and v is None else v for k, v in options.items()}
-        if fields["use_amp"] is None:  # mixed precision by default, wherever precision is left to 'auto'
-            fields["use_amp"] = fields["precision"] == "auto"
+        fields["use_amp"] = amp_by_default(fields["use_amp"], fields["precision"])
         fields.pop("callbacks")
         return self._run(run_dir, model, config, train_data, val_data, fields, lifecycle, callbacks)
 

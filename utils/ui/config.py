@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import difflib
@@ -34,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from utils.checks import check_path, is_int, is_number
+from utils.folders import write_json_atomic
 from utils.training.settings import LIFECYCLE_DEFAULTS, TrainingSettings
 from utils.ui.data_source import read_train_data
 from utils.ui.inspect import TRAIN_KEYWORDS, inspect_config
@@ -186,15 +186,7 @@ class WizardConfig:
                 f"path={os.fspath(path)!r} is a folder; pass a file path, such as "
                 f"{os.fspath(path / 'wizard_config.json')!r}"
             )
-        text = json.dumps(self.to_dict(), indent=2) + "\n"
-        partial = path.with_name(path.name + ".partial")
-        try:
-            partial.write_text(text, encoding="utf-8")
-            os.replace(partial, path)
-        except BaseException:  # a failed write or rename (or an interrupt) leaves no partial file behind
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
-            raise
+        write_json_atomic(path, self.to_dict())  # a failed write leaves no .partial file and the old file whole
         return path
 
     @classmethod

@@ -30,10 +30,10 @@ import torch.nn as nn
 from utils.checks import check_choice, check_path, check_positive_int, check_str, is_int
 from utils.device import resolve_device
 from utils.model_helpers import config_size, detect_vocab_size, validate_model
-from utils.training import training_core
+from utils.training import run_folder
 from utils.training.data import ByteTokenizer, prepare_lm_data
 from utils.training.precision import PRECISIONS, PrecisionPlan, resolve_precision
-from utils.training.settings import TrainingSettings, total_steps
+from utils.training.settings import TrainingSettings, amp_by_default, total_steps
 from utils.ui.data_source import DATA_SOURCES, read_train_data
 from utils.ui.estimate import available_memory_mb, estimate_training_memory
 from utils.ui.preset_table import PRESETS
@@ -72,9 +72,7 @@ TRAIN_KEYWORDS = (*_ENGINE_FIELDS, "early_stopping_patience", "run_name")
 
 def effective_use_amp(wizard_config: Any) -> bool | None:
     """``use_amp`` as the coordinator decides it: None means mixed precision wherever ``precision`` is 'auto'."""
-    if wizard_config.use_mixed_precision is None:
-        return wizard_config.precision == "auto"
-    return wizard_config.use_mixed_precision
+    return amp_by_default(wizard_config.use_mixed_precision, wizard_config.precision)
 
 
 # -- validation ----------------------------------------------------------------------
@@ -170,7 +168,7 @@ def _message(field_name: str, text: str) -> str:
 def _check_run_name(run_name: Any) -> None:
     """The coordinator's own rule for a run folder's name; None means a dated name."""
     if run_name is not None:
-        training_core.check_run_name(run_name)
+        run_folder.check_run_name(run_name)
 
 
 def _source_errors(cfg: Any) -> list[str]:

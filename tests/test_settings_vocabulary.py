@@ -100,3 +100,28 @@ def test_from_options_names_reserved_and_unknown_options_before_building():
     built = from_options("f", {"seq_len": 8}, defaults={"learning_rate": 1e-3, "seq_len": 4}, max_steps=5)
     assert (built.seq_len, built.learning_rate, built.max_steps) == (8, 1e-3, 5)
     assert settings.from_options("f", {}).learning_rate == TrainingSettings.learning_rate
+
+
+# --------------------------------------------------------------------------- the CLI's one flag table
+
+
+def test_every_setting_flag_names_a_setting_and_every_flag_table_is_read_from_it():
+    from utils.cli import common, train
+
+    lifecycle = {"run_name", "early_stopping_patience"}
+    assert set(common.SETTING_FLAGS) <= set(SETTING_DEFAULTS) | lifecycle
+    by_dest = {common.flag_dest(flag): setting for setting, flag in common.SETTING_FLAGS.items()}
+    assert train.CONFIG_FLAGS.items() <= by_dest.items()
+    assert {dest: setting for dest, (_, setting) in train.RESUME_FLAGS.items()}.items() <= by_dest.items()
+    assert {field: flag for field, (flag, _) in common.PROFILE_FLAGS.items()}.items() <= common.SETTING_FLAGS.items()
+
+
+@pytest.mark.parametrize("subcommand", ["train", None])
+def test_the_parsers_defaults_are_the_settings_defaults(subcommand):
+    from utils.cli import main_job
+    from utils.cli import train as train_cli
+
+    parser = train_cli.build_train_parser() if subcommand == "train" else main_job.build_parser()
+    defaults = vars(parser.parse_args([]))
+    for setting in ("seed", "device", "precision"):
+        assert defaults[setting] == SETTING_DEFAULTS[setting], setting

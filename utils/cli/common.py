@@ -63,12 +63,40 @@ def _profile(overrides: dict[str, Any], **budgets: int) -> RunProfile:
 
 FULL = _profile(FROM_SCRATCH)
 QUICK = _profile(QUICK_SETTINGS, benchmark_steps=12, compare_steps=12, compare_samples=16)
-# RunProfile field -> the flag that overrides it, and the check its value must pass.
+# The one table of flags that set a setting of a run: setting (a TrainingSettings field, or a lifecycle
+# keyword of TrainingCoordinator.train) -> its flag. The argument groups, `train --config`'s overrides and
+# `train --resume`'s comparison with config.json all read it; a flag's argparse dest is ``flag_dest(flag)``.
+SETTING_FLAGS = {
+    "n_epochs": "--epochs",
+    "max_steps": "--max-steps",
+    "batch_size": "--batch-size",
+    "learning_rate": "--lr",
+    "seq_len": "--seq-len",
+    "seed": "--seed",
+    "precision": "--precision",
+    "device": "--device",
+    "compile": "--compile",
+    "use_wandb": "--wandb",
+    "progress": "--no-progress",
+    "run_name": "--run-name",
+    "early_stopping_patience": "--early-stopping",
+}
+
+
+def flag_dest(flag: str) -> str:
+    """The argparse dest of ``flag``: '--max-steps' -> 'max_steps'."""
+    return flag[2:].replace("-", "_")
+
+
+# RunProfile field -> the flag that overrides it (from SETTING_FLAGS), and the check its value must pass.
 PROFILE_FLAGS = {
-    "n_epochs": ("--epochs", check_positive_int),
-    "max_steps": ("--max-steps", check_positive_int),
-    "batch_size": ("--batch-size", check_positive_int),
-    "learning_rate": ("--lr", check_positive_number),
+    field: (SETTING_FLAGS[field], check)
+    for field, check in (
+        ("n_epochs", check_positive_int),
+        ("max_steps", check_positive_int),
+        ("batch_size", check_positive_int),
+        ("learning_rate", check_positive_number),
+    )
 }
 PROFILE_HELP = {
     "n_epochs": "training epochs",
@@ -82,10 +110,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     """The 'model and hardware' group: --model, --device, --precision and --compile."""
     group = parser.add_argument_group("model and hardware")
     _add_model_option(group)
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    group.add_argument(
+        "--device", default=SETTING_DEFAULTS["device"], help="auto, cpu, cuda or cuda:N (default: %(default)s)"
+    )
     group.add_argument(
         "--precision",
-        default="auto",
+        default=SETTING_DEFAULTS["precision"],
         choices=["auto", "fp32", "fp16", "bf16"],
         help="training precision; auto picks bf16/fp16 where the hardware has it (default: %(default)s)",
     )
@@ -128,7 +158,11 @@ def _add_seq_len_option(group: argparse._ArgumentGroup, default: str | None = No
 def _add_seed_option(group: argparse._ArgumentGroup) -> None:
     """--seed, for the initial weights, the data and dropout."""
     group.add_argument(
-        "--seed", type=int, default=0, metavar="N", help="seed for weights, data and dropout (default: %(default)s)"
+        "--seed",
+        type=int,
+        default=SETTING_DEFAULTS["seed"],
+        metavar="N",
+        help="seed for weights, data and dropout (default: %(default)s)",
     )
 
 
@@ -172,7 +206,7 @@ def _profile_from_args(args: argparse.Namespace) -> RunProfile:
     """The --quick or full profile, with each given flag checked and applied."""
     given = {}
     for field, (flag, check) in PROFILE_FLAGS.items():
-        value = getattr(args, flag[2:].replace("-", "_"), None)  # a subcommand may have only some of the flags
+        value = getattr(args, flag_dest(flag), None)  # a subcommand may have only some of the flags
         if value is not None:
             check(value, flag)
             given[field] = value

@@ -12,6 +12,7 @@ import torch.nn as nn
 from utils import __version__, report
 from utils.checks import check_path, check_positive_int
 from utils.cli.common import (
+    SETTING_FLAGS,
     RunProfile,
     _add_budget_options,
     _add_model_options,
@@ -22,6 +23,7 @@ from utils.cli.common import (
     _naming,
     _parse_and_check,
     _profile_from_args,
+    flag_dest,
 )
 from utils.cli.model_loading import _check_model
 from utils.cli.reporting import _exit_status, _export_model, _export_rows
@@ -34,34 +36,24 @@ if TYPE_CHECKING:  # the wizard loads with the subcommands that use it, never wi
 
 # train --config FILE: the flags that override a setting of the file, as dest -> WizardConfig field.
 CONFIG_FLAGS = {
-    "epochs": "n_epochs",
-    "max_steps": "max_steps",
-    "batch_size": "batch_size",
-    "lr": "learning_rate",
-    "seq_len": "seq_len",
-    "seed": "seed",
-    "device": "device",
-    "precision": "precision",
-    "run_name": "run_name",
-    "early_stopping": "early_stopping_patience",
+    flag_dest(SETTING_FLAGS[field]): field
+    for field in (
+        "n_epochs",
+        "max_steps",
+        "batch_size",
+        "learning_rate",
+        "seq_len",
+        "seed",
+        "device",
+        "precision",
+        "run_name",
+        "early_stopping_patience",
+    )
 }
 # With --resume, each flag that sets a run setting -> that setting's config.json entry. A typed flag may differ
 # from the run's value only where the library's one resume rule (run_folder.RESUME_MAY_CHANGE) allows it, and
 # then it is passed on to resume_training; any other must match, since the run keeps its own settings.
-RESUME_FLAGS = {
-    "epochs": ("--epochs", "n_epochs"),
-    "max_steps": ("--max-steps", "max_steps"),
-    "batch_size": ("--batch-size", "batch_size"),
-    "lr": ("--lr", "learning_rate"),
-    "seq_len": ("--seq-len", "seq_len"),
-    "seed": ("--seed", "seed"),
-    "precision": ("--precision", "precision"),
-    "device": ("--device", "device"),
-    "compile": ("--compile", "compile"),
-    "wandb": ("--wandb", "use_wandb"),
-    "no_progress": ("--no-progress", "progress"),
-    "early_stopping": ("--early-stopping", "early_stopping_patience"),
-}
+RESUME_FLAGS = {flag_dest(flag): (flag, setting) for setting, flag in SETTING_FLAGS.items() if setting != "run_name"}
 
 
 RUN_FLAGS = run_folder.RunFlags(run_name="--run-name", resume="--resume", overwrite="--overwrite")

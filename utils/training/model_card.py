@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -168,13 +169,30 @@ def _config_source(config: Any) -> tuple[tuple[str | None, str], str]:
     """Where the config's class comes from, and the expression that rebuilds it from ``json.load(f)``."""
     if callable(getattr(config, "to_dict", None)) and not isinstance(config, Mapping):
         source = _import_source(type(config))
-        return source, f"{source[1]}.from_dict(json.load(f))"
+        if callable(getattr(type(config), "from_dict", None)):
+            return source, f"{source[1]}.from_dict(json.load(f))"
+        if _takes_its_own_keys(type(config), config.to_dict()):  # e.g. minGPT's CfgNode(**kwargs)
+            return source, f"{source[1]}(**json.load(f))"
+        # Neither way back exists: say so plainly, and hand the user the values instead of code that fails.
+        return (None, "dict"), (
+            f"json.load(f)  # a dict: {source[1]} has no from_dict and does not take these keys; "
+            "rebuild the config from it as you built it"
+        )
     if dataclasses.is_dataclass(config):
         source = _import_source(type(config))
         return source, f"{source[1]}(**json.load(f))"
     if isinstance(config, types.SimpleNamespace):
         return ("types", "SimpleNamespace"), "SimpleNamespace(**json.load(f))"
     return (None, "dict"), "json.load(f)"
+
+
+def _takes_its_own_keys(cls: type, values: dict[str, Any]) -> bool:
+    """True when ``cls(**values)`` is a call its signature accepts (named parameters, or ``**kwargs``)."""
+    try:
+        inspect.signature(cls).bind(**values)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _import_source(cls: type) -> tuple[str | None, str]:

@@ -48,7 +48,7 @@ def private_copy(model: nn.Module, name: str = "model", *, probe_len: int = 2) -
     Yields:
         The module to train: the private copy, or (with a warning saying why) ``model`` itself.
     """
-    twin, reason = _independent_copy(model, probe_len)
+    twin, reason = independent_copy(model, probe_len)
     if twin is not None:
         yield twin
         return
@@ -67,8 +67,11 @@ def private_copy(model: nn.Module, name: str = "model", *, probe_len: int = 2) -
         saved.restore()
 
 
-def _independent_copy(model: nn.Module, probe_len: int) -> tuple[nn.Module | None, str]:
-    """(the copy, '') when it is proved independent, else (None, why not)."""
+def independent_copy(model: nn.Module, probe_len: int = 2) -> tuple[nn.Module | None, str]:
+    """A deep copy of ``model`` proved independent of it, as ``(copy, '')``; else ``(None, why not)``.
+
+    For a caller that must never fall back to the model itself (an export's reload target, say).
+    """
     try:
         twin = copy.deepcopy(model)
     except Exception as err:  # a module holding a lock, a file or a generator, say
@@ -171,4 +174,4 @@ class SavedState:
             module.training = training
 
 
-__all__ = ["SavedState", "private_copy"]
+__all__ = ["SavedState", "independent_copy", "private_copy"]

@@ -105,23 +105,15 @@ def _probe_reaches_model(model: nn.Module, twin: nn.Module, probe_len: int) -> s
     called: list[str] = []
     names = {id(m): n or type(m).__name__ for n, m in model.named_modules()}
     hooks = [m.register_forward_pre_hook(lambda m, args: called.append(names[id(m)])) for m in model.modules()]
-    input_ids = torch.zeros(1, probe_len, dtype=torch.long, device=model_device(twin))
-    devices = [input_ids.device] if input_ids.device.type == "cuda" else []
     try:
-        with preserved_grads(model), torch.random.fork_rng(devices=devices), model_mode(twin, training=False):
-            with torch.enable_grad():
-                outputs = output_tensors(make_forward_fn(twin)(input_ids))
-                loss = sum(t.float().sum() for t in outputs if t.requires_grad)
-                if isinstance(loss, torch.Tensor):
-                    loss.backward()
+        with preserved_grads(model):
+            _probe_forward_backward(twin, probe_len)
             with_grad = [n for n, p in model.named_parameters() if p.grad is not None]
-    except Exception:  # the probe cannot run this model: the structural check stands, and training shows the error
-        return ""
     finally:
         for hook in hooks:
             hook.remove()
     if called:
-        modules = sorted(set(called))
+        modules = list(dict.fromkeys(called))
         return (
             f"a forward pass of the copy runs {len(modules)} of your modules (e.g. {modules[0]!r}): a closure "
             "such as a lambda attribute still refers to them"
@@ -129,6 +121,20 @@ def _probe_reaches_model(model: nn.Module, twin: nn.Module, probe_len: int) -> s
     if with_grad:
         return f"a backward pass of the copy gives {len(with_grad)} of your parameters a .grad (e.g. {with_grad[0]!r})"
     return ""
+
+
+def _probe_forward_backward(twin: nn.Module, probe_len: int) -> None:
+    """One forward (eval mode, token id 0) and a backward of the sum of its outputs, if the model allows."""
+    input_ids = torch.zeros(1, probe_len, dtype=torch.long, device=model_device(twin))
+    devices = [input_ids.device] if input_ids.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), model_mode(twin, training=False), torch.enable_grad():
+            outputs = output_tensors(make_forward_fn(twin)(input_ids))
+            loss = sum(t.float().sum() for t in outputs if t.requires_grad)
+            if isinstance(loss, torch.Tensor):
+                loss.backward()
+    except Exception:  # the probe cannot run this model: what it saw so far stands, and training shows the error
+        return
 
 
 @dataclass

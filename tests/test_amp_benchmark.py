@@ -247,3 +247,16 @@ def test_wandb_logs_both_arms_prefixed_in_one_offline_run(tiny_gpt, cpu_bf16, of
     written = offline_wandb_log(*keys)  # asserts one run for both arms
     for key in keys:
         assert key in written, key
+
+
+def test_the_arms_train_a_private_copy_so_the_model_keeps_its_mode_and_gradients(tiny_gpt, cpu_bf16, arms):
+    cpu_bf16(True)
+    model, config = tiny_gpt
+    model.eval()
+    model.tok_emb.weight.grad = torch.ones_like(model.tok_emb.weight)
+    before = _weights(model)
+    amp_benchmark.test_amp_speedup_benchmark(model, config, **ARM)
+    assert all(call["results"]["optimizer_steps"] == 4 for call in arms)
+    _assert_same_weights(_weights(model), before)
+    assert not any(m.training for m in model.modules())  # the engine leaves its trainee in train mode; not yours
+    torch.testing.assert_close(model.tok_emb.weight.grad, torch.ones_like(model.tok_emb.weight))

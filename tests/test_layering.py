@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "utils.records",
         ),
     ),
-    ("models", ("utils.model_helpers", "utils.model_family", "utils.models")),
+    ("models", ("utils.model_helpers", "utils.model_family", "utils.models", "utils.causality", "utils.model_copy")),
     ("engine", ("utils.training",)),
     (
         "features",

@@ -129,18 +129,32 @@ def forward_accepts(model: nn.Module, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def is_encoder_decoder(model: nn.Module, config: Any = None) -> bool:
+    """True for an encoder-decoder (T5, BART): ``is_encoder_decoder`` set in ``config`` or ``model.config``,
+    or a forward that requires ``decoder_input_ids``."""
+    for source in (config, getattr(model, "config", None)):
+        if get_config_value(source, "is_encoder_decoder") is True:
+            return True
+    decoder_ids = _forward_parameters(model).get("decoder_input_ids")
+    return decoder_ids is not None and decoder_ids.default is inspect.Parameter.empty
+
+
 def make_forward_fn(model: nn.Module, call: Callable[..., Any] | None = None) -> ForwardFn:
     """Decide once how to call ``model`` with ``input_ids`` (and ``attention_mask``).
 
     Returns ``forward(input_ids, attention_mask)``. The mask is passed only
-    when the model's forward accepts it and a batch really has padding.
-    ``call`` is what to invoke instead of ``model`` itself, such as its DDP
-    or ``torch.compile`` wrapper, whose own signature is just ``*args, **kwargs``.
+    when the model's forward accepts it and a batch really has padding, and
+    always by name, never in a second positional slot (minGPT's is ``targets``).
+    An encoder-decoder also gets ``decoder_input_ids=input_ids`` (teacher forcing),
+    so that the Tier 1 checks can run it. ``call`` is what to invoke instead of
+    ``model`` itself, such as its DDP or ``torch.compile`` wrapper, whose own
+    signature is just ``*args, **kwargs``.
     """
     call = model if call is None else call
     params = _forward_parameters(model)
     takes_var_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     accepts_mask = forward_accepts(model, "attention_mask")
+    feeds_decoder = is_encoder_decoder(model) and forward_accepts(model, "decoder_input_ids")
     first = next(iter(params.values()), None)
     positional = first is not None and first.kind in (
         inspect.Parameter.POSITIONAL_ONLY,
@@ -151,6 +165,8 @@ def make_forward_fn(model: nn.Module, call: Callable[..., Any] | None = None) ->
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
         kwargs = {"attention_mask": attention_mask} if accepts_mask and attention_mask is not None else {}
+        if feeds_decoder:
+            kwargs["decoder_input_ids"] = input_ids
         if not positional and (keyword or takes_var_kwargs):
             return call(input_ids=input_ids, **kwargs)
         return call(input_ids, **kwargs)

@@ -43,15 +43,21 @@ from utils.training.amp_benchmark import test_amp_speedup_benchmark
 
 
 def run_all_tier1_tests(
-    model: nn.Module, config: Any, *, options: Mapping[str, Mapping[str, Any]] | None = None, progress: bool = True
+    model: nn.Module,
+    config: Any,
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    seq_len: int | None = None,
+    progress: bool = True,
 ) -> Any:
     """Run every Tier 1 check and return the summary DataFrame (details in ``.attrs['results']``).
 
     Args:
         model: the model to check.
-        config: its config; needs ``vocab_size`` and ``max_seq_len``.
+        config: its config; needs ``vocab_size``, and ``max_seq_len`` unless ``seq_len`` is given.
         options: keyword arguments per check, e.g.
             ``{'test_inference_speed': {'n_iters': 5}}``.
+        seq_len: tokens per sequence for every check that takes it, as for ``test_fine_tuning``.
         progress: show a progress bar over the checks.
 
     Returns:
@@ -60,25 +66,37 @@ def run_all_tier1_tests(
     Raises:
         TypeError, ValueError, RuntimeError: bad model, config or options, before any check runs.
     """
-    return run_checks(model, config, TIER1_TESTS, options=options, progress=progress, desc="Tier 1")
+    return run_checks(model, config, TIER1_TESTS, options=options, seq_len=seq_len, progress=progress, desc="Tier 1")
 
 
 def run_all_tier2_tests(
-    model: nn.Module, config: Any, *, options: Mapping[str, Mapping[str, Any]] | None = None, progress: bool = True
+    model: nn.Module,
+    config: Any,
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    seq_len: int | None = None,
+    progress: bool = True,
 ) -> Any:
     """Run every Tier 2 check; same arguments and result as ``run_all_tier1_tests``."""
-    return run_checks(model, config, TIER2_TESTS, options=options, progress=progress, desc="Tier 2")
+    return run_checks(model, config, TIER2_TESTS, options=options, seq_len=seq_len, progress=progress, desc="Tier 2")
 
 
 def run_all_tests(
-    model: nn.Module, config: Any, *, options: Mapping[str, Mapping[str, Any]] | None = None, progress: bool = True
+    model: nn.Module,
+    config: Any,
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    seq_len: int | None = None,
+    progress: bool = True,
 ) -> Any:
     """Run Tier 1 and Tier 2 (not the Tier 3 training run) in one table.
 
     Same arguments and result as ``run_all_tier1_tests``. Train with
     ``test_fine_tuning`` separately: it needs data and takes much longer.
     """
-    return run_checks(model, config, TIER1_TESTS + TIER2_TESTS, options=options, progress=progress, desc="Tier 1+2")
+    return run_checks(
+        model, config, TIER1_TESTS + TIER2_TESTS, options=options, seq_len=seq_len, progress=progress, desc="Tier 1+2"
+    )
 
 
 __all__ = [

@@ -32,6 +32,7 @@ import torch.nn as nn
 
 # noqa: F401 below: besides what it calls, this path re-exports the names it has always offered
 # (the baseline's sizes and helpers, the margins, the latency rounds, MB), defined in utils.compare now.
+from utils.causality import refuse_encoder_decoder
 from utils.checks import check_positive_int
 from utils.compare.baseline import (  # noqa: F401
     BASELINE_D_MODELS,
@@ -46,6 +47,7 @@ from utils.compare.baseline import (  # noqa: F401
     gpt_parameter_count,
     hub_offline,
     resolve_baseline,
+    training_arms,
     training_copy,
 )
 from utils.compare.measure import (  # noqa: F401
@@ -104,8 +106,10 @@ def test_benchmark_comparison(
 ) -> dict[str, Any]:
     """Train your model and a standard transformer the same way, and compare them side by side.
 
-    Your model is never changed: a deep copy of it is trained (and so is a copy of a baseline
-    module you pass), so your weights, gradients, mode and device stay as they were. Both copies
+    Your model is never changed: a private copy of it is trained (and so is a copy of a baseline
+    module you pass), so your weights, gradients, mode and device stay as they were. A copy that
+    would still share parts with yours (a closure over your submodules, as in minGPT) is refused
+    with a warning, and your model itself trains, its state restored afterwards. Both models
     train on the built-in corpus (Python's standard-library source, byte tokenized) for
     ``train_steps`` optimizer steps, with the same seed, data order, precision and settings, then
     are evaluated on the same ``n_samples`` held-out sequences (the corpus tail, never trained on,
@@ -151,11 +155,12 @@ def test_benchmark_comparison(
         ``reason``.
 
     Raises:
-        TypeError, ValueError: on a bad argument, an unknown option, or a model whose vocabulary
-            cannot read the byte-level corpus, before any work starts.
+        TypeError, ValueError: on a bad argument, an unknown option, an encoder-decoder model, or a
+            model whose vocabulary cannot read the byte-level corpus, before any work starts.
         NonFiniteLossError: when either model's loss turns NaN/Inf.
     """
     validate_model(model)
+    refuse_encoder_decoder(model, config, "test_benchmark_comparison")
     check_baseline_argument(baseline)
     settings = _check_arguments(
         n_samples, train_steps, training_options, precision=precision, device=device, seed=seed, progress=progress
@@ -167,13 +172,12 @@ def test_benchmark_comparison(
     rival = resolve_baseline(baseline, model, config, your_vocab, seq_len, seed)
     if isinstance(rival, str):
         return skipped_report(rival, baseline, settings)
-    yours = Contender(training_copy(model, "model"), config, your_vocab, {"name": type(model).__name__})
-    arms = {"yours": yours, "baseline": rival}
-    results = {name: train_and_measure(arm, settings, eval_data) for name, arm in arms.items()}
-    for name, latency in time_inference(arms, settings, results["yours"]["precision"]).items():
-        results[name].update(latency)
     evaluated = f"{n_samples} sequences of " + ("test_data" if test_data is not None else "the held-out corpus tail")
-    return comparison_report(arms, results, settings, evaluated)
+    with training_arms(model, config, your_vocab, rival, seq_len) as arms:
+        results = {name: train_and_measure(arm, settings, eval_data) for name, arm in arms.items()}
+        for name, latency in time_inference(arms, settings, results["yours"]["precision"]).items():
+            results[name].update(latency)
+        return comparison_report(arms, results, settings, evaluated)
 
 
 test_benchmark_comparison.__test__ = False  # a library function, not a pytest test

@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import math
 import os
@@ -26,8 +25,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from utils.causality import encoder_decoder_reason
 from utils.checks import check_positive_int
-from utils.model_helpers import config_size, count_parameters, detect_vocab_size, validate_model
+from utils.model_copy import private_copy
+from utils.model_helpers import config_size, count_parameters, detect_vocab_size, is_encoder_decoder, validate_model
 from utils.models import ModelConfig, TinyTransformer
 
 # The default baseline's parameter count is within this share of the user's whenever some shape
@@ -49,7 +50,8 @@ class Contender:
     """One side of the comparison.
 
     Attributes:
-        model: what is trained: a copy of a user's module, or a baseline built here.
+        model: what is trained: a baseline built here, or in place of a user's module its private copy
+            (``training_arms``).
         config: its config, as the engine reads it.
         vocab_size: its vocabulary (config, else the output width).
         description: how it came to be, for the report.
@@ -81,15 +83,31 @@ def check_baseline_argument(baseline: Any) -> None:
         )
 
 
-def training_copy(module: nn.Module, name: str) -> nn.Module:
-    """A deep copy to train, so the caller's module keeps its weights, gradients, mode and device."""
-    try:
-        return copy.deepcopy(module)
-    except Exception as err:  # a module holding a lock, a file or a generator, say
-        raise TypeError(
-            f"{name} could not be deep-copied ({type(err).__name__}: {err}); the comparison trains a copy so "
-            "that yours stays as it is. Make the module copyable (copy.deepcopy) to compare it"
-        ) from err
+@contextlib.contextmanager
+def training_copy(module: nn.Module, name: str, *, probe_len: int = 2) -> Iterator[nn.Module]:
+    """What to train in the caller's place: a private copy, proved independent (``utils.model_copy``).
+
+    When no independent copy can be made (a closure still calls the caller's modules, or
+    deepcopy fails), a warning says so and the caller's own module trains, its weights, buffers,
+    modes and gradients restored when the block ends.
+    """
+    with private_copy(module, name, probe_len=probe_len) as trainee:
+        yield trainee
+
+
+@contextlib.contextmanager
+def training_arms(
+    model: nn.Module, config: Any, vocab_size: int, rival: Contender, seq_len: int
+) -> Iterator[dict[str, Contender]]:
+    """Both sides of the comparison, each training in place of a module the caller owns (``training_copy``)."""
+    probe_len = min(seq_len, 8)
+    with contextlib.ExitStack() as stack:
+        yours = stack.enter_context(training_copy(model, "your model", probe_len=probe_len))
+        if rival.description["kind"] == "module":  # built by the caller: train it in its place too
+            rival = dataclasses.replace(
+                rival, model=stack.enter_context(training_copy(rival.model, "the baseline module", probe_len=probe_len))
+            )
+        yield {"yours": Contender(yours, config, vocab_size, {"name": type(model).__name__}), "baseline": rival}
 
 
 def resolve_baseline(
@@ -110,12 +128,12 @@ def resolve_baseline(
         (model, config), kind = loaded, "hf"
     else:
         (model, config), kind, name = baseline, "module", type(baseline[0]).__name__
+    if is_encoder_decoder(model, config):
+        return f"the {kind} baseline {name!r} cannot be compared: {encoder_decoder_reason(model, config)}"
     vocab_size = detect_vocab_size(model, config, seq_len=min(8, seq_len))
     misfit = _baseline_misfit(vocab_size, config_size(config, "max_seq_len"), your_vocab, seq_len)
     if misfit is not None:
         return f"the {kind} baseline {name!r} cannot be compared: {misfit}"
-    if kind == "module":  # built by the caller: train a copy, as for your model
-        model = training_copy(model, "the baseline module")
     description = {"kind": kind, "name": name, "class": type(model).__name__, "vocab_size": vocab_size}
     if kind == "hf":
         description["weights"] = "fresh, drawn under seed from the cached config (pretrained weights unused)"

@@ -75,7 +75,7 @@ def train_and_measure(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             trained.update(loop.train(arm.model, arm.config, settings, None, eval_data))
-        # Kept as data (the engine's "not causal" warning changes how to read the verdict), and passed on.
+        # Kept as data for the report, and passed on (the causal verdict is the engine's "causal" field).
         trained["training_warnings"] = [str(w.message) for w in caught]
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -36,7 +36,7 @@ def comparison_report(
     comparable, loss_note = _loss_comparability(arms["yours"].vocab_size, arms["baseline"].vocab_size)
     summary = summary_table(yours, base, loss_note)
     judgement, verdict = judge(summary, comparable)
-    if _sees_future_tokens(yours):
+    if yours["causal"] is False:
         verdict += "; but your model sees the tokens it predicts (not causal), so this flatters it"
     device = resolve_device(settings.device)
     record = _settings_record(settings, device, yours["precision"])
@@ -145,11 +145,13 @@ def _notes(
     if loss_note:
         notes.append(f"{loss_note}; the verdict uses next-token accuracy instead.")
     for name, results in (("Your model", yours), ("The baseline", base)):
-        if _sees_future_tokens(results):
+        if results["causal"] is False:
             notes.append(
-                f"{name} is not causal (the engine's warning): each target is visible in its input, so its loss "
+                f"{name} is not causal (the engine's probe): each target is visible in its input, so its loss "
                 "and accuracy are upper bounds, not a fair language-modelling score."
             )
+        elif results["causal"] is None and results.get("causal_note"):
+            notes.append(f"Whether {name.lower()} is causal was not judged: {results['causal_note']}.")
     for name, results in (("Your model", yours), ("The baseline", base)):
         if not learned(results):
             notes.append(
@@ -172,11 +174,6 @@ def _notes(
             + (advice if threads > 1 else "")
         )
     return notes
-
-
-def _sees_future_tokens(results: dict[str, Any]) -> bool:
-    """Whether the engine warned, before training, that the model's earlier logits depend on later tokens."""
-    return any("not causal" in message for message in results["training_warnings"])
 
 
 def _settings_record(settings: loop.TrainingSettings, device: torch.device, precision: str | None) -> dict[str, Any]:

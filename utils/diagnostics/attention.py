@@ -2,8 +2,10 @@
 
 Attention weights come from ``output_attentions=True`` (the built-in models,
 Hugging Face models; an SDPA-only HF model is switched to eager attention for
-the call) or from hooks on ``nn.MultiheadAttention`` (``nn.TransformerEncoder``
-and hand-written models).
+the call), from hooks on ``nn.MultiheadAttention`` (``nn.TransformerEncoder``),
+or, for a model that hands over neither (minGPT, x-transformers, exported
+modules with their own attention), from the computation itself
+(``utils.diagnostics.capture``). The result's ``method`` says which.
 
 Example:
     >>> from utils.models import tiny_gpt
@@ -21,9 +23,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from utils.causality import encoder_decoder_reason
 from utils.checks import check_number_in_range, check_positive_int
+from utils.diagnostics.capture import capture_from_computation
 from utils.diagnostics.common import resolve_input_ids
-from utils.model_helpers import ModelProbe, forward_accepts, model_mode, probe_model, result_status
+from utils.model_helpers import (
+    ModelProbe,
+    forward_accepts,
+    is_encoder_decoder,
+    model_mode,
+    probe_model,
+    result_status,
+)
 
 
 def test_attention_patterns(
@@ -68,14 +79,15 @@ def test_attention_patterns(
         dict with ``table`` (one row per head: layer, head, entropy_norm,
         max_weight, top_key_share, top_key, pattern, collapsed), ``layers``
         (layer, entropy_norm, head_diversity, n_collapsed), ``method`` (how
-        weights were captured), ``attentions`` (per layer ``(B, nh, T, T)``, on
+        weights were captured: 'output_attentions', 'nn.MultiheadAttention hooks',
+        'softmax_capture' or 'sdpa_recomputed'), ``attentions`` (per layer ``(B, nh, T, T)``, on
         CPU), ``status`` (warn if any head collapsed), ``summary``,
         ``figure`` (heatmaps of the first sequence) and ``entropy_figure``.
 
     Raises:
         TypeError, ValueError, RuntimeError: bad model or config (see ``probe_model``).
-        ValueError: an argument is out of range, or the model exposes no attention weights
-            (see the message for how to add them).
+        ValueError: an argument is out of range, the model is an encoder-decoder, or no attention
+            weights can be seen (see the message for how to add them).
     """
     for value, name in ((collapse_entropy, "collapse_entropy"), (collapse_share, "collapse_share")):
         check_number_in_range(value, name, 0.0, 1.0, low_inclusive=False)  # both are fractions
@@ -88,6 +100,8 @@ def test_attention_patterns(
         check_positive_int(value, name)
     check_positive_int(seq_len, "seq_len", allow_none=True)
     probe = probe_model(model, config, "test_attention_patterns")
+    if is_encoder_decoder(model, config):
+        raise ValueError(f"test_attention_patterns: {encoder_decoder_reason(model, config)}")
     input_ids = resolve_input_ids(probe, input_ids, batch_size, probe.seq_len(seq_len, 32))
     with model_mode(model, False):
         attentions, method = capture_attentions(model, probe, input_ids)
@@ -116,8 +130,13 @@ def test_attention_patterns(
 def capture_attentions(model: nn.Module, probe: ModelProbe, input_ids: torch.Tensor) -> tuple[list[torch.Tensor], str]:
     """Attention weights per layer, each ``(B, nh, T, T)`` float32 on CPU, and how they were got.
 
+    Tried in order, never depending on the model's cooperation: the weights the model returns
+    for ``output_attentions=True`` (a forward that rejects the keyword falls through, never
+    raises); hooks on ``nn.MultiheadAttention``; then the computation itself
+    (``utils.diagnostics.capture``: its softmax over the key axis, or SDPA's weights recomputed).
+
     Raises:
-        ValueError: when neither ``output_attentions`` nor ``nn.MultiheadAttention`` gives weights.
+        ValueError: when the model computes no attention that any of the three can see.
     """
     if forward_accepts(model, "output_attentions"):
         attentions = _attentions_from_output(model, input_ids)
@@ -128,10 +147,15 @@ def capture_attentions(model: nn.Module, probe: ModelProbe, input_ids: torch.Ten
         attentions = _attentions_from_mha_hooks(mha, probe, input_ids)
         if attentions:
             return attentions, "nn.MultiheadAttention hooks"
+    attentions, method = capture_from_computation(probe.forward, input_ids)
+    if attentions:
+        return attentions, method
     raise ValueError(
         "test_attention_patterns cannot capture attention weights: the model neither returns them for "
-        "output_attentions=True nor uses nn.MultiheadAttention. Make forward(input_ids, output_attentions=True) "
-        "return {'logits': ..., 'attentions': [one (B, n_heads, T, T) tensor per layer]}"
+        "output_attentions=True nor uses nn.MultiheadAttention, and its forward takes no softmax over the keys "
+        "of (batch, heads, T, T) scores and calls no F.scaled_dot_product_attention on them. Make "
+        "forward(input_ids, output_attentions=True) return {'logits': ..., 'attentions': [one (B, n_heads, T, T) "
+        "tensor per layer]}"
     )
 
 
@@ -152,12 +176,22 @@ def _attentions_from_output(model: nn.Module, input_ids: torch.Tensor) -> list[t
 
 
 def _call_with_output_attentions(model: nn.Module, input_ids: torch.Tensor) -> list[torch.Tensor]:
-    with torch.no_grad():
-        output = model(input_ids, output_attentions=True)
+    """The model's own weights, or [] when it rejects the keyword or returns none of the (B, nh, T, T) kind."""
+    try:
+        with torch.no_grad():
+            output = model(input_ids, output_attentions=True)
+    except Exception:  # e.g. x-transformers passes **kwargs on to a forward that takes no such keyword
+        return []
     attentions = getattr(output, "attentions", None)
     if attentions is None and isinstance(output, Mapping):
         attentions = output.get("attentions")
-    return [a.detach().float().cpu() for a in (attentions or ()) if isinstance(a, torch.Tensor)]
+    if not isinstance(attentions, (tuple, list)):
+        return []
+    square = (input_ids.shape[0], input_ids.shape[1], input_ids.shape[1])
+    weights = [a.detach().float().cpu() for a in attentions if isinstance(a, torch.Tensor)]
+    if not weights or any(w.ndim != 4 or (w.shape[0], *w.shape[2:]) != square for w in weights):
+        return []
+    return weights
 
 
 def _attentions_from_mha_hooks(

@@ -12,11 +12,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from utils.causality import encoder_decoder_reason
 from utils.checks import check_bool, check_int, check_non_negative_int, check_positive_int, check_positive_number
 from utils.diagnostics.common import resolve_input_ids
 from utils.model_helpers import (
     ModelProbe,
     find_token_embedding,
+    is_encoder_decoder,
     model_mode,
     model_output_tensor,
     probe_model,
@@ -99,6 +101,8 @@ def test_attribution_analysis(
     check_positive_number(delta_tolerance, "delta_tolerance")
     check_bool(progress, "progress")
     probe = probe_model(model, config, "test_attribution_analysis")
+    if is_encoder_decoder(model, config):  # two stacks read the tokens: one embedding swap cannot say which
+        raise ValueError(f"test_attribution_analysis: {encoder_decoder_reason(model, config)}")
     embedding = find_token_embedding(model, probe.vocab_size)
     input_ids = resolve_input_ids(probe, input_ids, n_samples, probe.seq_len(seq_len, 16))
     with model_mode(model, False):

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from utils.checks import check_bool, check_str, is_collection
+from utils.checks import check_bool, check_positive_int, check_str, is_collection
 from utils.model_helpers import probe_model, require_config_values, validate_model
 from utils.progress import progress_bar
 
@@ -47,6 +47,7 @@ def run_checks(
     checks: tuple[Callable[..., dict], ...],
     *,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    seq_len: int | None = None,
     progress: bool = True,
     desc: str = "checks",
 ) -> Any:
@@ -54,9 +55,11 @@ def run_checks(
 
     Args:
         model: the model to check.
-        config: its config; needs ``vocab_size`` and ``max_seq_len``.
+        config: its config; needs ``vocab_size``, and ``max_seq_len`` unless ``seq_len`` is given.
         checks: the check functions, each ``check(model, config, **kwargs) -> dict``.
         options: keyword arguments per check, keyed by the check's name.
+        seq_len: tokens per sequence for every check that takes ``seq_len`` (an option for one
+            check wins); needed for a config without ``max_seq_len`` (T5's relative positions).
         progress: show a progress bar over the checks.
         desc: the progress bar's label.
 
@@ -72,14 +75,17 @@ def run_checks(
     options = _check_options(options, checks)
     check_bool(progress, "progress")
     check_str(desc, "desc")
+    check_positive_int(seq_len, "seq_len", allow_none=True)
     validate_model(model)
-    require_config_values(config, ("vocab_size", "max_seq_len"), "the Tier 1/2 checks")
+    required = ("vocab_size",) if seq_len is not None else ("vocab_size", "max_seq_len")
+    require_config_values(config, required, "the Tier 1/2 checks (or pass seq_len=)")
     probe_model(model, config, desc)  # an unusable output fails here, before any check
     rows, details = [], CheckResults()
     bar = progress_bar(checks, desc=desc, unit="check", enabled=progress)
     for check in bar:
         bar.set_postfix_str(check.__name__)
-        row, details[check.__name__] = _run_one(check, model, config, options.get(check.__name__, {}))
+        kwargs = {**_seq_len_keyword(check, seq_len), **options.get(check.__name__, {})}
+        row, details[check.__name__] = _run_one(check, model, config, kwargs)
         rows.append(row)
     summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     summary.attrs["results"] = details
@@ -133,6 +139,16 @@ def _check_keywords(check: Callable[..., dict], kwargs: Mapping[str, Any]) -> No
             f"options[{check.__name__!r}] has unknown keyword(s) {unknown}; {check.__name__} takes {allowed} "
             "(model and config are passed by the runner)"
         )
+
+
+def _seq_len_keyword(check: Callable[..., dict], seq_len: int | None) -> dict[str, int]:
+    """``{'seq_len': seq_len}`` for a check that takes it, else nothing."""
+    if seq_len is None:
+        return {}
+    try:
+        return {"seq_len": seq_len} if "seq_len" in inspect.signature(check).parameters else {}
+    except (TypeError, ValueError):  # a hidden signature: do not guess
+        return {}
 
 
 def _run_one(check: Callable[..., dict], model: nn.Module, config: Any, kwargs: Mapping[str, Any]) -> tuple[dict, Any]:

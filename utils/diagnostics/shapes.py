@@ -28,21 +28,23 @@ def test_shape_robustness(
     batch_sizes: Sequence[int] | None = None,
     seq_lengths: Sequence[int] | None = None,
     *,
+    seq_len: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the model on edge-case batch sizes and sequence lengths and check the output shape.
 
     The default sweep is batch sizes ``(1, 4, config.batch_size or 8)`` and
-    sequence lengths ``(1, max_seq_len // 2, max_seq_len)``. The expected shape
+    sequence lengths ``(1, L // 2, L)``, where ``L`` is ``seq_len`` or else ``max_seq_len``. The expected shape
     is ``(B, T, V)`` for language models and ``(B, T, H)`` for encoders, as
     found by a probe pass. A failing case keeps the model's real error.
 
     Args:
         model: the model to check.
         config: its config; needs ``vocab_size``, and ``max_seq_len`` unless
-            ``seq_lengths`` is given.
+            ``seq_lengths`` or ``seq_len`` is given.
         batch_sizes: batch sizes to try.
         seq_lengths: sequence lengths to try.
+        seq_len: the longest length of the default sweep (instead of ``max_seq_len``).
         progress: show a progress bar.
 
     Returns:
@@ -57,14 +59,17 @@ def test_shape_robustness(
     check_bool(progress, "progress")
     batch_sizes = None if batch_sizes is None else check_positive_ints(batch_sizes, "batch_sizes")
     seq_lengths = None if seq_lengths is None else check_positive_ints(seq_lengths, "seq_lengths")
-    required = ("vocab_size",) if seq_lengths is not None else ("vocab_size", "max_seq_len")
+    check_positive_int(seq_len, "seq_len", allow_none=True)
+    given_length = seq_lengths is not None or seq_len is not None
+    required = ("vocab_size",) if given_length else ("vocab_size", "max_seq_len")
     probe = probe_model(model, config, "test_shape_robustness", required)
     if batch_sizes is None:
         config_batch_size = get_config_value(config, "batch_size", 8)
         check_positive_int(config_batch_size, "config.batch_size (or pass batch_sizes=...)")
         batch_sizes = check_positive_ints((1, 4, config_batch_size), "batch_sizes")
     if seq_lengths is None:
-        seq_lengths = check_positive_ints((1, max(1, probe.max_seq_len // 2), probe.max_seq_len), "seq_lengths")
+        longest = seq_len or probe.max_seq_len
+        seq_lengths = check_positive_ints((1, max(1, longest // 2), longest), "seq_lengths")
 
     cases = [(b, t) for b in batch_sizes for t in seq_lengths]
     with model_mode(model, False), torch.no_grad():

@@ -20,8 +20,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from utils.causality import refuse_encoder_decoder
 from utils.checks import check_bool, check_non_negative_int
-from utils.device import device_name, peak_memory_mb, reset_peak_memory, resolve_device, tf32_allowed
+from utils.device import MB, device_name, peak_memory_mb, reset_peak_memory, resolve_device, tf32_allowed
+from utils.model_copy import private_copy
 from utils.model_helpers import validate_model
 from utils.records import environment_record
 from utils.training import loop
@@ -57,10 +59,13 @@ def test_amp_speedup_benchmark(
 ) -> dict[str, Any]:
     """Train in FP32 and in mixed precision and compare speed, peak memory and accuracy.
 
-    Both arms start from the model's current weights, which are restored at
-    the end. Step times are CUDA-event (or clock) times per optimizer step,
-    with the first ``timing_warmup_steps`` of each arm and all validation left
-    out; the speedup is the ratio of median step times.
+    Both arms train one private copy of the model (``utils.model_copy.private_copy``),
+    each from the model's current weights, so the model itself keeps its weights,
+    gradients, mode and device. A copy that would still share parts with the model
+    is refused with a warning, and the model itself trains, its state restored at
+    the end. Step times are CUDA-event (or clock) times per optimizer step, with the
+    first ``timing_warmup_steps`` of each arm and all validation left out; the
+    speedup is the ratio of median step times.
 
     Args:
         model, config, train_data, n_epochs, learning_rate, batch_size: as for
@@ -92,6 +97,7 @@ def test_amp_speedup_benchmark(
         device, ``status`` is 'skipped' and ``notes`` says why.
     """
     validate_model(model)
+    refuse_encoder_decoder(model, config, "test_amp_speedup_benchmark")
     base = _check_arguments(
         precision,
         timing_warmup_steps,
@@ -111,18 +117,10 @@ def test_amp_speedup_benchmark(
     if amp_plan is None:
         return _skipped(device)
 
-    initial_state = copy.deepcopy(model.state_dict())
     run = _start_benchmark_run(model, config, amp_plan.name) if use_wandb else None
     try:
-        with tf32_allowed(allow_tf32):
-            arms = {
-                name: _run_arm(
-                    model, config, train_data, initial_state, base.replace(precision=name, wandb_prefix=f"{name}/")
-                )
-                for name in ("fp32", amp_plan.name)
-            }
+        arms = _run_both_arms(model, config, train_data, base, amp_plan.name, allow_tf32)
     finally:
-        model.load_state_dict(initial_state)
         if run is not None:
             run.finish()
     report = _compare_arms(arms["fp32"], arms[amp_plan.name], amp_plan.name, device, timing_warmup_steps)
@@ -174,15 +172,49 @@ def _skipped(device: torch.device) -> dict[str, Any]:
     return {"status": "skipped", "notes": [note], "device": device_name(device), "amp_precision": None}
 
 
+def _run_both_arms(
+    model: nn.Module, config: Any, train_data: Any, base: loop.TrainingSettings, amp_name: str, allow_tf32: bool
+) -> dict[str, dict[str, Any]]:
+    """FP32, then the mixed-precision arm, each training one private copy from the same initial weights."""
+    with private_copy(model, "model") as trainee, tf32_allowed(allow_tf32):
+        # The model's own GPU tensors stay resident beside the copy; they are not this training's memory.
+        idle_mb = 0.0 if trainee is model else sum(t.numel() * t.element_size() for t in _cuda_tensors(model)) / MB
+        initial_state = copy.deepcopy(trainee.state_dict())
+        return {
+            name: _run_arm(
+                trainee,
+                config,
+                train_data,
+                initial_state,
+                base.replace(precision=name, wandb_prefix=f"{name}/"),
+                idle_mb,
+            )
+            for name in ("fp32", amp_name)
+        }
+
+
+def _cuda_tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [t for t in (*model.parameters(), *model.buffers()) if t.is_cuda]
+
+
 def _run_arm(
-    model: nn.Module, config: Any, train_data: Any, initial_state: dict, settings: loop.TrainingSettings
+    model: nn.Module,
+    config: Any,
+    train_data: Any,
+    initial_state: dict,
+    settings: loop.TrainingSettings,
+    idle_mb: float = 0.0,
 ) -> dict[str, Any]:
-    """One arm: same weights, same seed and data; peak memory measured around training alone."""
+    """One arm: same weights, same seed and data; peak memory measured around training alone.
+
+    ``idle_mb`` (resident memory that is not this arm's, the original beside its copy) is left out of the peak.
+    """
     model.load_state_dict(initial_state)
     device = resolve_device(settings.device)
     reset_peak_memory(device)
     results = loop.train(model, config, settings, train_data)
-    results["peak_memory_mb"] = peak_memory_mb(device)
+    peak_mb = peak_memory_mb(device)
+    results["peak_memory_mb"] = peak_mb - idle_mb if peak_mb is not None else None
     return results
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from utils.causality import refuse_encoder_decoder
 from utils.model_helpers import extract_logits, validate_model
 from utils.training import checkpoint as ckpt
 from utils.training.callbacks import EarlyStopping
@@ -74,11 +75,13 @@ def train(
         ``test_fine_tuning``'s results dict, without the figure.
 
     Raises:
-        TypeError, ValueError: on bad arguments or a checkpoint that does not fit, before any work.
+        TypeError, ValueError: on bad arguments, an encoder-decoder model (not a next-token LM), or a
+            checkpoint that does not fit, before any work.
         NonFiniteLossError: when the loss turns NaN/Inf (fp32/bf16), or every fp16 step of a logging
             window was skipped with the loss scale below 1; the last good checkpoint is kept.
     """
     validate_model(model)
+    refuse_encoder_decoder(model, config, "training")
     resume = _check_before_work(model, settings, callbacks)
     parts = build_parts(model, config, train_data, val_data, settings, weights=resume["model"] if resume else None)
     _print_batch_plan(parts)

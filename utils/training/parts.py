@@ -12,7 +12,8 @@ What travels through the loop is split by how it changes:
   the progress bar and the callbacks.
 
 Setup resolves ranks, device and precision, builds the loaders, optimizer and
-schedule, and probes the model once so that an unusable output fails fast.
+schedule, and probes the model once so that an unusable output fails fast; the
+same probe batch gives the causal verdict (``utils.causality.probe_causality``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.causality import CausalVerdict, probe_causality
 from utils.model_helpers import (
     config_size,
     detect_vocab_size,
@@ -65,6 +67,7 @@ class TrainingParts:
     val_loader: torch.utils.data.DataLoader
     total_steps: int
     data_source: str
+    causality: CausalVerdict = CausalVerdict(None, "not probed")  # the setup's causal probe (utils.causality)
 
 
 @dataclass
@@ -151,7 +154,7 @@ def build_parts(
         train_data, val_data, settings, ctx, device, vocab_size, seq_len, pad_id
     )
     eager_forward = make_forward_fn(model)
-    _probe_model(eager_forward, model, next(iter(val_loader)), device, vocab_size)
+    causality = _probe_model(eager_forward, model, next(iter(val_loader)), device, vocab_size, config)
     train_module = wrap_data_parallel(model, ctx, device)
     forward = _compiled_forward(model, train_module, settings.compile_options)
     steps = total_steps(len(train_loader), settings)
@@ -177,6 +180,7 @@ def build_parts(
         val_loader=val_loader,
         total_steps=steps,
         data_source=data_source,
+        causality=causality,
     )
 
 
@@ -249,8 +253,14 @@ def read_model_sizes(
     return vocab_size, int(seq_len), int(get_config_value(config, "pad_token_id", 0) or 0)
 
 
-def _probe_model(forward: Any, model: nn.Module, batch: dict, device: torch.device, vocab_size: int) -> None:
-    """One forward pass before training, so an unusable output fails fast and clearly."""
+def _probe_model(
+    forward: Any, model: nn.Module, batch: dict, device: torch.device, vocab_size: int, config: Any = None
+) -> CausalVerdict:
+    """One forward pass before training, so an unusable output fails fast and clearly; then the causal probe.
+
+    Returns:
+        ``probe_causality``'s verdict on this batch (None, not False, when the model's output is not finite).
+    """
     with model_mode(model, training=False), torch.no_grad():
         input_ids, _, mask = to_device(batch, device)
         logits = extract_logits(forward(input_ids, mask))
@@ -267,27 +277,11 @@ def _probe_model(forward: Any, model: nn.Module, batch: dict, device: torch.devi
             "model's initialization and masking (Tier 1 test_output_stability shows where).",
             stacklevel=5,
         )
-    elif _sees_future_tokens(forward, model, input_ids, mask, logits):
-        warnings.warn(
-            "the model is not causal: changing the last token changes the logits at earlier positions, so "
-            "each next-token target is visible in its input and the loss can fall by copying. Add a causal "
-            "mask for language modelling, or read these results as an upper bound.",
-            stacklevel=5,
-        )
-
-
-def _sees_future_tokens(
-    forward: Any, model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor
-) -> bool:
-    """True when earlier positions' logits depend on the last token (a bidirectional model)."""
-    if input_ids.size(1) < 2:
-        return False
-    changed = input_ids.clone()
-    changed[:, -1] = (changed[:, -1] + 1) % logits.size(-1)
-    with model_mode(model, training=False), torch.no_grad():
-        other = extract_logits(forward(changed, mask))
-    # A deliberate sync, once at setup.
-    return not torch.allclose(logits[:, :-1].float(), other[:, :-1].float(), rtol=1e-4, atol=1e-5)
+        return CausalVerdict(None, "cannot tell: the model's logits are not finite")
+    verdict = probe_causality(model, input_ids, mask, forward=forward, vocab_size=vocab_size, config=config)
+    if verdict.warning is not None:
+        warnings.warn(verdict.warning, stacklevel=5)
+    return verdict
 
 
 def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

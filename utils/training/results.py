@@ -72,6 +72,9 @@ def collect_results(
         "checkpoint_path": str(ckpt.checkpoint_path(checkpoint_dir)) if checkpoint_dir else None,
         "parameters": count_parameters(parts.model)["total"],
         "data_source": parts.data_source,
+        # The setup's causal probe: True, False (it sees the tokens it predicts) or None (cannot tell), and why.
+        "causal": parts.causality.causal,
+        "causal_note": parts.causality.reason,
         "environment": environment_record(parts.device, precision=parts.plan.name, compile=parts.settings.compile),
     }
 

@@ -161,8 +161,10 @@ def test_fine_tuning(
         ``device``, ``world_size``, ``compiled``, ``mfu`` (a fraction, None on
         CPU or an unknown GPU), ``throughput`` (steady-state tokens/s after
         the first steps, FLOPs per token, achieved and peak TFLOP/s, MFU and
-        how each was found) and ``figure``. ``samples_per_second`` and
-        ``tokens_per_second`` are over all ranks and every training step.
+        how each was found), ``causal`` (the setup probe's verdict: True, False,
+        or None when it cannot tell, e.g. an output that changes between
+        identical calls) with ``causal_note``, and ``figure``. ``samples_per_second``
+        and ``tokens_per_second`` are over all ranks and every training step.
 
     Raises:
         TypeError, ValueError: on bad arguments, before any work starts.

@@ -38,6 +38,7 @@ import torch.nn as nn
 
 from utils.checks import check_bool, check_path
 from utils.folders import check_target_folder, staged_folder, write_json_atomic
+from utils.model_copy import independent_copy
 from utils.model_helpers import (
     config_size,
     detect_vocab_size,
@@ -323,10 +324,10 @@ def _fresh_model(
             return type(model)(config), "config", f"a new {type(model).__name__}(config)"
         except Exception as err:  # this class cannot be rebuilt from its config; fall back to a copy
             why = f"{type(model).__name__}(config) failed: {_describe(err)}"
-    try:
-        return _nan_copy(model), "copy", f"a copy of the model with every weight set to NaN ({why})"
-    except Exception as err:  # deepcopy refuses some objects a model may hold (locks, open files)
-        return None, "copy", f"no model to reload into could be built ({why}; copying failed: {_describe(err)})"
+    fresh, not_independent = independent_copy(model)  # never the user's model: NaN would be written into it
+    if fresh is None:
+        return None, "copy", f"no model to reload into could be built ({why}; {not_independent})"
+    return _nan_filled(fresh), "copy", f"a copy of the model with every weight set to NaN ({why})"
 
 
 def _call_factory(model_factory: Callable[[], nn.Module], model: nn.Module) -> nn.Module:
@@ -347,12 +348,16 @@ def _call_factory(model_factory: Callable[[], nn.Module], model: nn.Module) -> n
 
 
 def _nan_copy(model: nn.Module) -> nn.Module:
-    """A deep copy (ties kept) whose every saved tensor is overwritten, so only the loaded file can make it match.
+    """A deep copy (ties kept) whose every saved tensor is overwritten, so only the loaded file can make it match."""
+    return _nan_filled(copy.deepcopy(model))
+
+
+def _nan_filled(fresh: nn.Module) -> nn.Module:
+    """``fresh`` (a private copy) with every saved tensor overwritten, so only the loaded file can make it match.
 
     Non-persistent buffers (causal masks, rotary tables) are not exported, so they keep their
     values: a model rebuilt from code makes them the same way.
     """
-    fresh = copy.deepcopy(model)
     with torch.no_grad():
         for tensor in fresh.state_dict().values():
             if tensor.is_floating_point() or tensor.is_complex():

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import os
 import statistics
 import time
@@ -27,7 +26,8 @@ import torch.nn as nn
 from utils.checks import check_positive_int
 from utils.device import MB, synchronize
 from utils.diagnostics.memory import measure_training_memory
-from utils.model_helpers import make_forward_fn, random_input_ids
+from utils.model_copy import private_copy
+from utils.model_helpers import make_forward_fn, model_device, random_input_ids
 from utils.training import loop
 from utils.training.optim import build_optimizer
 from utils.training.precision import MixedPrecisionStep, PrecisionPlan
@@ -100,17 +100,20 @@ def time_training_steps(
         torch.cuda.OutOfMemoryError: the shape does not fit the GPU.
     """
     check_positive_int(timed_steps, "timed_steps")
-    trial = copy.deepcopy(model).to(device)  # the user's weights stay untouched
-    trial.train()
-    optimizer = build_optimizer(trial, learning_rate=1e-4)
-    parts = _step_parts(trial, plan, optimizer, device)
-    input_ids = random_input_ids(batch_size, seq_len, vocab_size, device)
-    batch = {"input_ids": input_ids, "labels": input_ids, "attention_mask": None}
-    times_s = []
-    with torch.random.fork_rng(devices=_rng_devices(device)):  # dropout here leaves the caller's random stream alone
-        for _ in range(1 + timed_steps):
-            times_s.append(_timed_step(parts, batch))
-    del trial, optimizer, parts
+    # The user's weights stay untouched: a copy proved independent, or the model itself, restored afterwards
+    # (then it is timed where it is, since moving it would not be undone).
+    with private_copy(model) as trial:
+        device = device if trial is not model else model_device(model)
+        trial.to(device).train()
+        optimizer = build_optimizer(trial, learning_rate=1e-4)
+        parts = _step_parts(trial, plan, optimizer, device)
+        input_ids = random_input_ids(batch_size, seq_len, vocab_size, device)
+        batch = {"input_ids": input_ids, "labels": input_ids, "attention_mask": None}
+        times_s = []
+        with torch.random.fork_rng(devices=_rng_devices(device)):  # dropout here leaves the caller's stream alone
+            for _ in range(1 + timed_steps):
+                times_s.append(_timed_step(parts, batch))
+        del optimizer, parts
     return statistics.median(times_s[1:])  # the first step pays for allocation and kernel selection
 
 

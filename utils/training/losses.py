@@ -1,6 +1,8 @@
-"""Next-token loss and accuracy, computed as device-side sums so the loop never syncs."""
+"""Next-token loss and accuracy, computed as device-side sums so the loop never syncs; and bits per byte."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -37,3 +39,19 @@ def next_token_loss_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
     with torch.no_grad():
         n_correct = ((logits.argmax(dim=-1) == targets) & (targets != IGNORE_INDEX)).sum()
     return loss_sum, n_correct
+
+
+def bits_per_byte(mean_loss_nats: float, n_targets: float, n_bytes: float) -> float | None:
+    """The summed next-token loss in bits over the UTF-8 bytes of the text scored: comparable across tokenizers.
+
+    ``mean_loss_nats`` is the mean cross-entropy over ``n_targets`` targets, which stand for
+    ``n_bytes`` bytes of text. For byte tokens (one byte each) it is ``mean_loss / ln 2``.
+    None when no byte was scored.
+
+    Example:
+        >>> bits_per_byte(math.log(2), n_targets=100, n_bytes=100)
+        1.0
+    """
+    if not n_bytes:
+        return None
+    return mean_loss_nats * n_targets / (math.log(2) * n_bytes)

@@ -72,10 +72,15 @@ def start_sampling(parts: TrainingParts, config: Any, state: TrainingState) -> S
 def finish_sampling(
     parts: TrainingParts, state: TrainingState, outputs: TrainingOutputs, best_loaded: bool = False
 ) -> dict[str, Any]:
-    """What a run adds to its results for text: its tokenizer, and its samples, the last of the final model."""
+    """What a run adds to its results for text: its tokenizer, its last val/bits_per_byte and its samples.
+
+    The last sample is of the final model (the best weights, when they were loaded).
+    """
+    rows = outputs.tracker.epoch_rows
+    text = {"tokenizer": parts.tokenizer, "val_bits_per_byte": rows[-1].get("val/bits_per_byte") if rows else None}
     sampler = outputs.sampler
     if sampler is None:
-        return {"tokenizer": parts.tokenizer, "samples": []}
+        return {**text, "samples": []}
     last = sampler.samples[-1]
     if last["step"] == state.optimizer_step and not last["label"] and not best_loaded:
         last["label"] = "after training"  # the model has not changed since: no second sample of it
@@ -83,7 +88,7 @@ def finish_sampling(
         sampler.take(parts, state.optimizer_step, "after training" + (", best weights" if best_loaded else ""))
     if outputs.tracker.use_wandb:
         _log_samples_table(sampler.samples, parts.settings.wandb_prefix)
-    return {"tokenizer": parts.tokenizer, "samples": list(sampler.samples)}
+    return {**text, "samples": list(sampler.samples)}
 
 
 def _log_samples_table(samples: list[dict[str, Any]], prefix: str) -> None:

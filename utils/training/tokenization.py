@@ -163,6 +163,22 @@ def check_fits(tokenizer: TextTokenizer, vocab_size: int) -> None:
         )
 
 
+def check_spec_fits(spec: Any, vocab_size: int) -> None:
+    """Check, before any data is read, that ``tokenizer=spec`` can serve a model of ``vocab_size`` ids.
+
+    Every kind but a 'bpe' is loaded and its size compared; a 'bpe' (which trains later, on the
+    text) has its sizes checked. The bytes tokenizer is checked with the text, as it is used.
+
+    Raises:
+        ValueError, TypeError, ImportError: as ``resolve_tokenizer`` would, before the work.
+    """
+    if needs_training_text(spec, vocab_size):
+        size = vocab_size if spec in ("bpe", "auto") else _bpe_size(spec, "tokenizer")
+        _check_bpe_size(size, vocab_size)
+    elif not is_bytes_spec(spec, vocab_size):
+        resolve_tokenizer(spec, vocab_size)
+
+
 def _bpe_size(spec: str, name: str) -> int:
     size = spec.removeprefix("bpe:")
     if not size.isdigit() or int(size) < BYTE_ALPHABET_SIZE:
@@ -324,6 +340,7 @@ __all__ = [
     "TextTokenizer",
     "auto_choice",
     "check_fits",
+    "check_spec_fits",
     "check_tokenizer_spec",
     "describe_tokenizer_spec",
     "gpt2_tokenizer",

@@ -3,8 +3,8 @@
 The model is called through the same forward adapter as in training
 (``model_helpers.make_forward_fn``), so any forward that takes ``input_ids`` and
 returns logits works. A model that offers a key/value cache (a Hugging Face
-causal LM: ``past_key_values`` and ``use_cache``) feeds one new token per step;
-any other recomputes its context. The context never exceeds the model's
+causal LM: ``use_cache`` with ``cache``, or ``past_key_values`` before transformers 5)
+feeds one new token per step; any other recomputes its context. The context never exceeds the model's
 ``max_seq_len``: past it, the oldest tokens slide out (and a cache is dropped).
 
 Sampling draws from its own ``torch.Generator`` seeded with ``seed``: the same call
@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,6 @@ from utils.model_helpers import (
     config_size,
     detect_vocab_size,
     extract_logits,
-    forward_accepts,
     make_forward_fn,
     model_device,
     model_mode,
@@ -159,7 +159,8 @@ class _Context:
     def __init__(self, model: nn.Module, ids: list[int], max_len: int | None, device: torch.device) -> None:
         self.model, self.ids, self.max_len, self.device = model, list(ids), max_len, device
         self.forward = make_forward_fn(model)
-        self.cache_ok = forward_accepts(model, "past_key_values") and forward_accepts(model, "use_cache")
+        self.cache_name = cache_keyword(model)
+        self.cache_ok = self.cache_name is not None
         self.past: Any = None
         self.used_cache = False
 
@@ -168,9 +169,9 @@ class _Context:
         fits = self.max_len is None or len(self.ids) <= self.max_len
         if self.cache_ok and fits:
             new = self.ids[-1:] if self.past is not None else self.ids
-            output = self.model(input_ids=self._tensor(new), past_key_values=self.past, use_cache=True)
+            output = self.model(input_ids=self._tensor(new), **{self.cache_name: self.past}, use_cache=True)
             self.used_cache = self.used_cache or self.past is not None
-            self.past = getattr(output, "past_key_values", None)
+            self.past = getattr(output, self.cache_name, None)
             self.cache_ok = self.past is not None  # a model that returns no cache recomputes from now on
         else:
             window = self.ids if self.max_len is None else self.ids[-self.max_len :]  # the oldest slide out
@@ -182,6 +183,20 @@ class _Context:
 
     def _tensor(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T)
+
+
+def cache_keyword(model: nn.Module) -> str | None:
+    """The keyword a model's forward takes its key/value cache by ('cache', or the older 'past_key_values'), or None.
+
+    Only a parameter of that name counts (with ``use_cache``), not a catch-all ``**kwargs``.
+    """
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a forward that hides its signature offers no cache we can see
+        return None
+    if "use_cache" not in params:
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
 def _prompt_ids(prompt: Any, tokenizer: TextTokenizer, vocab_size: int) -> list[int]:
@@ -211,4 +226,4 @@ def _check_sampling(max_new_tokens: Any, temperature: Any, top_k: Any, top_p: An
     check_int(seed, "seed")
 
 
-__all__ = ["Generation", "generate", "pick_next_token"]
+__all__ = ["Generation", "cache_keyword", "generate", "pick_next_token"]

@@ -112,12 +112,19 @@ class TextTokenizer:
 
     @classmethod
     def from_json(cls, text: str, *, kind: str | None = None, name: str | None = None) -> TextTokenizer:
-        """A tokenizer from ``to_json``'s text; the bytes tokenizer comes back as plain Python."""
+        """A tokenizer from ``to_json``'s text; the bytes tokenizer comes back as plain Python.
+
+        Its kind is read from what it is: GPT-2's (50257 ids ending in '<|endoftext|>'), a byte-level
+        BPE with no special tokens (what 'bpe' trains), or 'custom'; ``kind`` and ``name`` override.
+        """
         data = json.loads(text)
         if _is_bytes_tokenizer_json(data):
             return cls("bytes")
         tokenizers = import_tokenizers("reading a tokenizer.json")
-        return cls(kind or "custom", tokenizers.Tokenizer.from_str(text), name=name)
+        backend = tokenizers.Tokenizer.from_str(text)
+        found = kind or _kind_of(data, backend)
+        default_name = {"bpe": f"bpe-{backend.get_vocab_size()}", "gpt2": "gpt2"}.get(found, found)
+        return cls(found, backend, name=name or default_name)
 
     def describe(self) -> dict[str, Any]:
         """What records and model cards say about it: kind, name and vocab_size."""
@@ -125,6 +132,16 @@ class TextTokenizer:
 
     def __repr__(self) -> str:
         return f"TextTokenizer({self.name!r}, vocab_size={self.vocab_size})"
+
+
+def _kind_of(data: dict[str, Any], backend: Any) -> str:
+    """'gpt2', 'bpe' (a byte-level BPE with no special tokens) or 'custom', from a tokenizer.json's content."""
+    if (data.get("model") or {}).get("type") != "BPE" or not _is_byte_level(backend):
+        return "custom"
+    added = [token.get("content") for token in data.get("added_tokens") or []]
+    if backend.get_vocab_size() == 50257 and added == ["<|endoftext|>"] and backend.token_to_id(added[0]) == 50256:
+        return "gpt2"
+    return "bpe" if not added else "custom"
 
 
 def saved_tokenizer(checkpoint: dict[str, Any] | None) -> TextTokenizer | None:

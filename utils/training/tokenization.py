@@ -301,7 +301,7 @@ def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
         path = path / TOKENIZER_FILE
     if path.is_file():
         try:
-            return TextTokenizer.from_json(path.read_text(encoding="utf-8"), name=path.name)
+            return TextTokenizer.from_json(path.read_text(encoding="utf-8"))
         except ImportError:
             raise
         except Exception as err:  # bad JSON, not UTF-8, or what tokenizers itself refuses (a bare Exception)
@@ -309,7 +309,7 @@ def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
     if path.is_dir() and (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
         tokenizers = import_tokenizers("a tokenizer folder")
         backend = _gpt2_style_bpe(tokenizers, path / "vocab.json", path / "merges.txt")
-        return TextTokenizer("custom", backend, name=path.name)
+        return TextTokenizer.from_json(backend.to_str())
     raise ValueError(
         f"tokenizer={os.fspath(path)!r} is not a tokenizer.json, nor a folder holding one (or vocab.json and "
         f"merges.txt); pass one of {TOKENIZER_NAMES}, or the path of a tokenizer.json"

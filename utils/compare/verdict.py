@@ -167,6 +167,11 @@ def _notes(
         bits = yours.get("val_bits_per_byte") is not None and base.get("val_bits_per_byte") is not None
         instead = "val bits per byte (the same held-out text)" if bits else "next-token accuracy"
         notes.append(f"{loss_note}; the verdict uses {instead} instead.")
+    if not same_tokenizer(yours.get("tokenizer"), base.get("tokenizer")):
+        notes.append(
+            f"Your model reads the text through {yours['tokenizer']} and the baseline through {base['tokenizer']}: "
+            "each scored the same held-out text through its own tokenizer, so only bits per byte compare."
+        )
     for name, results in (("Your model", yours), ("The baseline", base)):
         if _sees_future_tokens(results):
             notes.append(
@@ -248,7 +253,8 @@ def _comparison_figure(summary: Any, yours: dict[str, Any], base: dict[str, Any]
             ax.set(title=title, xticks=[], yticks=[])
             continue
         ax.bar(["yours", "baseline"], pair, color=["tab:blue", "tab:gray"])
-        ax.set_title(f"{title}\n{value.at[metric, 'ratio']:.2f}x", fontsize=9)
+        ratio = value.at[metric, "ratio"]  # None when the baseline's value is 0 (an accuracy, early on)
+        ax.set_title(f"{title}\n{ratio:.2f}x" if ratio is not None else f"{title}\nratio n/a", fontsize=9)
     fig.suptitle(verdict if len(verdict) < 140 else verdict[:137] + "...", fontsize=10)
     return fig
 

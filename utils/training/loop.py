@@ -28,8 +28,8 @@ import torch.nn as nn
 from utils.model_helpers import extract_logits, validate_model
 from utils.training import checkpoint as ckpt
 from utils.training.callbacks import EarlyStopping
-from utils.training.distributed import all_reduce_mean, all_reduce_sum, gradient_sync, sum_host_values
-from utils.training.losses import bits_per_byte, next_token_loss_sums
+from utils.training.distributed import all_reduce_mean, all_reduce_sum, gradient_sync
+from utils.training.losses import bits_per_byte_row, next_token_loss_sums
 from utils.training.parts import (
     StepRecords,
     TrainingOutputs,
@@ -388,11 +388,8 @@ def run_validation_epoch(parts: TrainingParts) -> dict[str, float]:
             n_bytes = (n_bytes or 0) + batch["n_target_bytes"]
     parts.train_module.train()
     loss, accuracy = _read_totals(parts, loss_sum, correct, n_targets)
-    metrics = {"val/loss": loss, "val/accuracy": accuracy}
-    if n_bytes is not None:  # text: the loss per UTF-8 byte, the one figure that compares across tokenizers
-        targets, n_bytes = sum_host_values([n_targets, n_bytes], parts.dist, parts.device)
-        metrics["val/bits_per_byte"] = bits_per_byte(loss, targets, n_bytes)
-    return metrics
+    text = bits_per_byte_row(loss, n_targets, n_bytes, parts.dist, parts.device)  # text: val/bits_per_byte
+    return {"val/loss": loss, "val/accuracy": accuracy, **text}
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.training.data import IGNORE_INDEX
+from utils.training.distributed import DistributedContext, sum_host_values
 
 
 def next_token_loss_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,3 +56,16 @@ def bits_per_byte(mean_loss_nats: float, n_targets: float, n_bytes: float) -> fl
     if not n_bytes:
         return None
     return mean_loss_nats * n_targets / (math.log(2) * n_bytes)
+
+
+def bits_per_byte_row(
+    mean_loss_nats: float, n_targets: int, n_bytes: int | None, dist: DistributedContext, device: torch.device
+) -> dict[str, float]:
+    """``{'val/bits_per_byte': ...}`` over every rank's targets and bytes, or ``{}`` for token ids (``n_bytes`` None).
+
+    One small collective under DDP (validation only); ``mean_loss_nats`` is already the all-rank mean.
+    """
+    if n_bytes is None:
+        return {}
+    targets, total_bytes = sum_host_values([n_targets, n_bytes], dist, device)
+    return {"val/bits_per_byte": bits_per_byte(mean_loss_nats, targets, total_bytes)}

@@ -454,7 +454,7 @@ def test_main_job_exports_the_model_and_links_the_export_in_the_report(tmp_path)
     assert cli.main(argv) == 0
     record = json.loads((out / "results.json").read_text())["fine_tuning"]["export"]
     assert record["export_dir"] == str(export.resolve())
-    assert record["files"] == ["README.md", "config.json", "metadata.json", "model.safetensors"]
+    assert record["files"] == ["README.md", "config.json", "metadata.json", "model.safetensors", "tokenizer.json"]
     assert record["parity"]["status"] == "ok" and record["parity"]["max_abs_diff"] == 0
     summary = (out / "summary.md").read_text()
     assert f"| fine_tuning | export | {export.resolve()} |" in summary
@@ -511,7 +511,8 @@ def test_train_exports_the_best_weights_and_they_reload(trained_run):
 
     root, stdout = trained_run
     export = root / "export"
-    assert {p.name for p in export.iterdir()} == {"README.md", "config.json", "metadata.json", "model.safetensors"}
+    exported = {"README.md", "config.json", "metadata.json", "model.safetensors", "tokenizer.json"}
+    assert {p.name for p in export.iterdir()} == exported
     assert json.loads((export / "metadata.json").read_text())["parity"]["status"] == "ok"
     assert f"| export | {export.resolve()} |" in stdout
     assert "| export parity | ok (max abs diff 0) |" in stdout

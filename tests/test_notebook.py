@@ -48,6 +48,9 @@ def test_template_notebook_executes_without_errors(kernel_name, tmp_path):
     text = "".join(outputs)
     assert "utils 3.3.0" in text
     assert "val accuracy" in text
+    # "Real text": a BPE of the model's size, bits per byte, the samples and utils.generate's text.
+    assert "TextTokenizer('bpe-1024', vocab_size=1024): val bits per byte " in text
+    assert "--- sample at step 0 (before training) ---" in text and "sample: def " in text
     # "Train, keep the best, export": the run, its export, and the export's parity check.
     run_dir = tmp_path / "training_output" / "notebook-tiny-gpt"
     assert f"run folder {run_dir}: best val/loss" in text

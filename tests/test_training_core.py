@@ -64,6 +64,7 @@ def test_train_makes_a_run_folder_with_everything_a_run_leaves(tmp_path):
         "metrics.csv",
         "results.json",
         "steps.csv",
+        "tokenizer.json",  # the run's tokenizer (here the bytes one), beside its weights
         "training_curves.png",
     ]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]

@@ -7,6 +7,7 @@ Example:
     >>> import utils
     >>> model, config = utils.tiny_gpt()
     >>> results = utils.test_fine_tuning(model, config, use_amp=True, max_steps=50)
+    >>> print(utils.generate(model, "def ", tokenizer=results["tokenizer"], max_new_tokens=40))
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ _LAZY = {
     "WizardConfig": "utils.ui.setup_wizard",
     "quick_setup": "utils.ui.setup_wizard",
     "ConfigPresets": "utils.ui.presets",
+    "generate": "utils.training.generation",
 }
 
 __all__ = ["ModelConfig", "tiny_encoder", "tiny_gpt", "__version__", *_LAZY]

@@ -59,6 +59,7 @@ from utils.compare.measure import (  # noqa: F401
     time_inference,
     train_and_measure,
 )
+from utils.compare.text import baseline_text, with_resolved_tokenizer
 from utils.compare.verdict import EQUAL_MARGIN, comparison_report, skipped_report  # noqa: F401
 from utils.device import MB  # noqa: F401
 from utils.model_helpers import validate_model
@@ -114,7 +115,9 @@ def test_benchmark_comparison(
     ``train_steps`` optimizer steps, with the same seed, data order, precision and settings, then
     are evaluated on the same ``n_samples`` held-out sequences (the corpus tail, never trained on,
     or ``test_data``). The baseline gets the same seed but, being a different design, its own
-    initial weights.
+    initial weights. ``tokenizer=`` (a training option) is resolved for each side's vocabulary: when
+    the two read the text differently ('auto' against a GPT-2-sized baseline, say), each is scored
+    on the same held-out text through its own tokenizer and the verdict compares bits per byte.
 
     Args:
         model: your ``nn.Module``; forward takes ``input_ids`` (B, T) and returns logits (B, T, V).
@@ -166,15 +169,21 @@ def test_benchmark_comparison(
         n_samples, train_steps, training_options, precision=precision, device=device, seed=seed, progress=progress
     )
     your_vocab, seq_len = _read_your_sizes(model, config, settings)
-    settings = settings.replace(seq_len=seq_len)
+    spec = settings.tokenizer
+    settings = with_resolved_tokenizer(settings.replace(seq_len=seq_len), your_vocab)  # a 'bpe' is trained once
     eval_data, n_train = evaluation_data(test_data, n_samples, your_vocab, settings)
     settings = settings.replace(n_epochs=epochs_for(train_steps, n_train, settings))
     rival = resolve_baseline(baseline, model, config, your_vocab, seq_len, seed)
     if isinstance(rival, str):
         return skipped_report(rival, baseline, settings)
     evaluated = f"{n_samples} sequences of " + ("test_data" if test_data is not None else "the held-out corpus tail")
+    # Each side reads the text through its own tokenizer: the same one unless their vocabularies call for others.
+    plans = {
+        "yours": (settings, eval_data),
+        "baseline": baseline_text(settings, spec, (your_vocab, rival.vocab_size), test_data, eval_data),
+    }
     with training_arms(model, config, your_vocab, rival, seq_len) as arms:
-        results = {name: train_and_measure(arm, settings, eval_data) for name, arm in arms.items()}
+        results = {name: train_and_measure(arm, *plans[name]) for name, arm in arms.items()}
         for name, latency in time_inference(arms, settings, results["yours"]["precision"]).items():
             results[name].update(latency)
         return comparison_report(arms, results, settings, evaluated)

@@ -84,6 +84,10 @@ def test_fine_tuning(
     monitor: str = TrainingSettings.monitor,
     mode: str = TrainingSettings.mode,
     load_best: bool = TrainingSettings.load_best,
+    tokenizer: Any = TrainingSettings.tokenizer,
+    text_column: str | None = TrainingSettings.text_column,
+    sample_every: int | None = TrainingSettings.sample_every,
+    sample_prompt: str | None = TrainingSettings.sample_prompt,
 ) -> dict[str, Any]:
     """Train ``model`` as a next-token language model and report how it learned.
 
@@ -94,7 +98,9 @@ def test_fine_tuning(
         config: the model's config (dataclass, dict, namespace or HF config);
             ``vocab_size`` and ``max_seq_len`` are read from it when present.
         train_data: None for the built-in Python-stdlib corpus, or token ids
-            (tensor), a list of strings, a text file path, or a ``Dataset``.
+            (tensor), a list of strings, a text file path, a ``Dataset``, a
+            Hugging Face ``datasets.Dataset``/``IterableDataset``, or a
+            .jsonl/.json/.csv/.parquet file or a folder of them.
         val_data: the same kinds, or None to hold out part of ``train_data``.
         n_epochs: passes over the training data.
         learning_rate: peak AdamW learning rate.
@@ -138,6 +144,19 @@ def test_fine_tuning(
             start of the original run. With the same settings, the resumed run
             continues exactly as the uninterrupted one would have (on one
             process; under DDP the data order is exact and dropout is re-seeded).
+            It encodes its text with the tokenizer ``last.pt`` saved.
+        tokenizer: how text becomes token ids: 'bytes' (UTF-8 bytes, ids 0-255), 'bpe'
+            (a byte-level BPE trained on the training text with the model's vocabulary;
+            'bpe:N' for N ids), 'gpt2' (GPT-2's own, offline), 'auto' ('gpt2' for a
+            vocabulary of 50257, 'bpe' from 512, else 'bytes'), a tokenizer.json or a
+            tokenizer folder, a ``tokenizers.Tokenizer`` or a transformers tokenizer.
+            One with more ids than the model is refused before any work.
+        text_column: the column of a Hugging Face dataset or data file to train on
+            (default 'text', or its only string column).
+        sample_every: print a short sample of the model every N optimizer steps (and
+            before and after training); the samples are in ``results['samples']``
+            and, with W&B, in a table.
+        sample_prompt: the samples' prompt (default: the start of the validation text).
 
     Under ``torchrun --nproc_per_node=N`` the same call trains with
     DistributedDataParallel: ``batch_size`` is per rank, each rank reads its
@@ -163,8 +182,10 @@ def test_fine_tuning(
         the first steps, FLOPs per token, achieved and peak TFLOP/s, MFU and
         how each was found), ``causal`` (the setup probe's verdict: True, False,
         or None when it cannot tell, e.g. an output that changes between
-        identical calls) with ``causal_note``, and ``figure``. ``samples_per_second``
-        and ``tokens_per_second`` are over all ranks and every training step.
+        identical calls) with ``causal_note``, ``tokenizer`` (the ``TextTokenizer``
+        the text was encoded with: pass it to ``utils.generate``), ``samples`` and
+        ``figure``. With text data each epoch row also has ``val/bits_per_byte``.
+        ``samples_per_second`` and ``tokens_per_second`` are over all ranks and every training step.
 
     Raises:
         TypeError, ValueError: on bad arguments, before any work starts.
@@ -199,6 +220,10 @@ def test_fine_tuning(
         monitor=monitor,
         mode=mode,
         load_best=load_best,
+        tokenizer=tokenizer,
+        text_column=text_column,
+        sample_every=sample_every,
+        sample_prompt=sample_prompt,
     )
     results = loop.train(model, config, settings, train_data, val_data, callbacks=callbacks)
     results["figure"] = create_training_figure(results)

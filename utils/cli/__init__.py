@@ -22,7 +22,9 @@ The subcommands, each with ``--help``:
 - ``compare`` compares the model with a standard GPT of the same size
   (``compare_main``);
 - ``wizard`` walks the setup wizard in a terminal and writes its settings file
-  (``wizard_main``).
+  (``wizard_main``);
+- ``generate`` lets a trained model (a run folder's or an export's) continue a
+  prompt, with the tokenizer it was trained with (``generate_main``).
 
 Every subcommand checks all its flags before any work and writes nothing when
 one is wrong: a bad flag is a usage error (exit 2) that names it and the fix.
@@ -35,6 +37,7 @@ from collections.abc import Callable
 
 from utils.cli.common import FULL, QUICK, RunProfile, _parse_and_check
 from utils.cli.compare import build_compare_parser, check_compare_args, compare_main
+from utils.cli.generate import build_generate_parser, check_generate_args, generate_main
 from utils.cli.main_job import CheckedInputs, _run_job, build_parser, check_args
 from utils.cli.model_loading import BuiltModel, load_model, model_builder
 from utils.cli.search import build_search_parser, check_search_args, search_main
@@ -53,16 +56,19 @@ __all__ = [
     "CheckedInputs",
     "RunProfile",
     "build_compare_parser",
+    "build_generate_parser",
     "build_parser",
     "build_search_parser",
     "build_train_parser",
     "build_wizard_parser",
     "check_args",
     "check_compare_args",
+    "check_generate_args",
     "check_search_args",
     "check_train_args",
     "check_wizard_args",
     "compare_main",
+    "generate_main",
     "load_model",
     "main",
     "model_builder",
@@ -97,4 +103,5 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "search": search_main,
     "compare": compare_main,
     "wizard": wizard_main,
+    "generate": generate_main,
 }

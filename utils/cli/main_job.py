@@ -25,7 +25,15 @@ from utils.cli.common import (
 )
 from utils.cli.compare import _comparison_options, _comparison_section
 from utils.cli.model_loading import _check_model
-from utils.cli.reporting import _exit_status, _export_model, _export_rows, _format
+from utils.cli.reporting import (
+    SAMPLE_PROMPT,
+    SAMPLES_BEFORE_AND_AFTER,
+    _exit_status,
+    _export_model,
+    _export_rows,
+    _format,
+    _text_rows,
+)
 from utils.training import checkpoint
 from utils.training.distributed import launched_rank, launched_world_size
 from utils.training.settings import amp_by_default
@@ -54,6 +62,8 @@ FINE_TUNING_KEPT = (
     "data_source",
     "checkpoint_path",
     "loss_history",
+    "tokenizer",
+    "samples",
 )
 
 
@@ -78,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         "           by name, export the model; --config FILE takes a wizard's settings\n"
         "  search   search the training settings with optuna (--trials N, --storage URL)\n"
         "  compare  compare the model with a standard GPT of the same size\n"
-        "  wizard   choose the training settings in a terminal and write them to a file",
+        "  wizard   choose the training settings in a terminal and write them to a file\n"
+        "  generate let a trained model (a run folder or an export) continue a prompt",
         formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the epilog's lines
     )
     parser.add_argument("--version", action="version", version=f"utils {__version__}")
@@ -269,6 +280,9 @@ def _fine_tune(model: nn.Module, config: Any, args: argparse.Namespace, profile:
         compile=args.compile,
         checkpoint_dir=args.checkpoint_dir,
         resume_from=args.resume,
+        tokenizer=args.tokenizer,
+        sample_every=SAMPLES_BEFORE_AND_AFTER,
+        sample_prompt=SAMPLE_PROMPT,
     )
 
 
@@ -287,6 +301,7 @@ def _fine_tuning_section(r: dict[str, Any]) -> dict:
             ("tokens/s (steady, all ranks)", _format(throughput["tokens_per_second"], "{:.0f}")),
             ("MFU", f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else f"n/a: {throughput['peak_note']}"),
             ("skipped steps (fp16)", r["skipped_steps"]),
+            *_text_rows(r),
         ],
     }
 
@@ -311,6 +326,7 @@ def _run_benchmark(model: nn.Module, config: Any, args: argparse.Namespace, prof
         max_val_batches=profile.max_val_batches,
         progress=not args.no_progress,
         compile=args.compile,
+        tokenizer=args.tokenizer,
     )
     if b["status"] != "ok":
         return {"results": b, "figures": {}, "tables": {}, "summary": [("status", b["notes"][0])]}

@@ -19,6 +19,7 @@ from utils.cli.common import DEFAULT_SEQ_LEN, _naming
 from utils.model_helpers import detect_vocab_size, get_config_value
 from utils.models import tiny_gpt
 from utils.training.data import ByteTokenizer
+from utils.training.tokenization import check_spec_fits
 
 if TYPE_CHECKING:  # the wizard loads with the subcommands that use it, never with the main job
     from utils.ui.config import WizardConfig
@@ -46,7 +47,14 @@ def _check_model(args: argparse.Namespace, wizard_config: WizardConfig | None = 
             raise ValueError(f"--config {args.config} does not fit the model ({label}): {'; '.join(problems)}")
     _check_seq_len_fits(args.seq_len, config, args.model)
     _check_text_vocab(model, config, args.model)
+    _check_tokenizer_fits(getattr(args, "tokenizer", "bytes"), model, config)
     return BuiltModel(model, config, label, build)
+
+
+def _check_tokenizer_fits(spec: str, model: nn.Module, config: Any) -> None:
+    """--tokenizer must name a tokenizer that is there (offline) and whose ids the model can embed."""
+    with _naming("--tokenizer", (ValueError, TypeError, ImportError)):
+        check_spec_fits(spec, detect_vocab_size(model, config))
 
 
 def _check_text_vocab(model: nn.Module, config: Any, spec: str | None) -> None:

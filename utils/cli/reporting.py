@@ -10,6 +10,10 @@ from utils import __version__, report
 from utils.checks import check_path
 from utils.training.export import export_state_dict
 
+# The main job hears the model before and after fine-tuning: a sample at both ends and none between.
+SAMPLES_BEFORE_AND_AFTER = 10**9
+SAMPLE_PROMPT = "def "  # the built-in corpus is Python source
+
 
 def _export_model(results: dict[str, Any], folder: Path, overwrite: bool) -> dict[str, Any]:
     """Export ``results['model']`` to ``folder`` with the reload check; return what the report keeps of it."""
@@ -75,3 +79,15 @@ def _write_section_report(out: Path | None, title: str, label: str, section: dic
 def _format(value: float | None, spec: str) -> str:
     """``value`` in ``spec``, or 'n/a' where there is none."""
     return spec.format(value) if value is not None else "n/a"
+
+
+def _text_rows(results: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The summary rows of what a run did with text: its tokenizer, bits per byte, and its samples."""
+    tokenizer = results.get("tokenizer")
+    rows = [("tokenizer", f"{tokenizer.name} ({tokenizer.vocab_size} ids)" if tokenizer is not None else "n/a")]
+    summary = results.get("metrics_summary")
+    if summary is not None and "val/bits_per_byte" in summary:
+        rows.append(("val bits per byte", _format(summary["val/bits_per_byte"].iloc[-1], "{:.3f}")))
+    for sample in results.get("samples", [])[:1] + results.get("samples", [])[-1:]:
+        rows.append((f"sample {sample['label'] or 'at step ' + str(sample['step'])}", repr(sample["text"][:80])))
+    return rows

@@ -185,6 +185,7 @@ def _run_search(args: argparse.Namespace, job: SearchJob) -> int:
         use_amp=amp_by_default(None, args.precision),
         seq_len=args.seq_len,
         compile=args.compile,
+        tokenizer=args.tokenizer,
     )
     section = _search_section(search, args)
     _print_rows(section["summary"])

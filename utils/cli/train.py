@@ -26,7 +26,7 @@ from utils.cli.common import (
     flag_dest,
 )
 from utils.cli.model_loading import _check_model
-from utils.cli.reporting import _exit_status, _export_model, _export_rows
+from utils.cli.reporting import _exit_status, _export_model, _export_rows, _text_rows
 from utils.folders import check_writable
 from utils.training import checkpoint, run_folder, training_core
 
@@ -48,6 +48,7 @@ CONFIG_FLAGS = {
         "precision",
         "run_name",
         "early_stopping_patience",
+        "tokenizer",
     )
 }
 # With --resume, each flag that sets a run setting -> that setting's config.json entry. A typed flag may differ
@@ -323,6 +324,7 @@ def _train_options(args: argparse.Namespace, profile: RunProfile) -> dict[str, A
         compile=args.compile,
         early_stopping_patience=args.early_stopping,
         overwrite=args.overwrite,
+        tokenizer=args.tokenizer,
     )
 
 
@@ -351,5 +353,6 @@ def _train_summary(results: dict[str, Any], record: dict[str, Any] | None) -> li
         ("optimizer steps", results["optimizer_steps"]),
         (f"best {results['monitor']}", f"{best:.4f} at epoch {epoch + 1}" if best is not None else "n/a"),
         ("stopped early", "yes" if results["stopped_early"] else "no"),
+        *_text_rows(results),
         *_export_rows(record),
     ]

@@ -39,7 +39,13 @@ def evaluation_data(
     """The first ``n_samples`` held-out sequences (the corpus tail, or ``test_data``), and the train set's size."""
     try:
         data = prepare_lm_data(
-            None, test_data, vocab_size=vocab_size, seq_len=settings.seq_len, max_corpus_bytes=settings.max_corpus_bytes
+            None,
+            test_data,
+            vocab_size=vocab_size,
+            seq_len=settings.seq_len,
+            max_corpus_bytes=settings.max_corpus_bytes,
+            tokenizer=settings.tokenizer,
+            text_column=settings.text_column,
         )
     except (TypeError, ValueError) as err:
         if test_data is None:

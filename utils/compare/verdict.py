@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from utils.compare.baseline import HF_PREFIX, PARAMETER_TOLERANCE, Contender
+from utils.compare.text import same_tokenizer
 from utils.device import resolve_device
 from utils.records import environment_record
 from utils.training import loop
@@ -34,6 +35,11 @@ def comparison_report(
     """The summary table, the verdict, the notes and the figure, from both models' results."""
     yours, base = results["yours"], results["baseline"]
     comparable, loss_note = _loss_comparability(arms["yours"].vocab_size, arms["baseline"].vocab_size)
+    if comparable and not same_tokenizer(yours.get("tokenizer"), base.get("tokenizer")):
+        comparable, loss_note = (
+            False,
+            "val loss and perplexity not compared: the two read the text through different tokenizers",
+        )
     summary = summary_table(yours, base, loss_note)
     judgement, verdict = judge(summary, comparable)
     if yours["causal"] is False:
@@ -77,6 +83,8 @@ _SUMMARY_ROWS = (
     ("inference latency median (ms)", lambda r: r["latency_median_ms"], "Tier 1 timing, after warm-up"),
     ("inference latency p95 (ms)", lambda r: r["latency_p95_ms"], "Tier 1 timing, after warm-up"),
     ("peak training memory (MB)", lambda r: r["peak_memory_mb"], ""),
+    # Compares across vocabularies and tokenizers: the verdict's measure when val loss does not.
+    ("val bits per byte", lambda r: r.get("val_bits_per_byte"), "loss per UTF-8 byte of the held-out text"),
 )
 _LOSS_METRICS = ("val loss", "val perplexity")
 
@@ -112,13 +120,18 @@ def _ratio(yours: Any, baseline: Any) -> float | None:
 
 
 def judge(summary: Any, comparable: bool) -> tuple[str, str]:
-    """('better' | 'worse' | 'about equal', the one-line verdict): by val loss, else by accuracy."""
+    """('better' | 'worse' | 'about equal', the one-line verdict): by val loss, else bits per byte, else accuracy.
+
+    Losses over different vocabularies or tokenizations do not compare; bits per byte of the same
+    text do, whenever both were scored on text.
+    """
     value = summary.set_index("metric")
-    metric = "val loss" if comparable else "next-token accuracy"
+    metric = judged_metric(value, comparable)
     mine, theirs, ratio = (value.at[metric, key] for key in ("yours", "baseline", "ratio"))
-    gain = (1 - ratio) if comparable else (ratio - 1)  # > 0: yours is better
+    lower_is_better = metric != "next-token accuracy"
+    gain = (1 - ratio) if lower_is_better else (ratio - 1)  # > 0: yours is better
     judgement = "better" if gain > EQUAL_MARGIN else "worse" if gain < -EQUAL_MARGIN else "about equal"
-    shown = (f"{mine:.2f}", f"{theirs:.2f}") if comparable else (f"{mine:.1%}", f"{theirs:.1%}")
+    shown = (f"{mine:.2f}", f"{theirs:.2f}") if lower_is_better else (f"{mine:.1%}", f"{theirs:.1%}")
     step = value.at["median step time (ms)", "ratio"]
     step_text = f"{step:.2f}x its step time" if step is not None else "an unmeasured step time"
     params = value.at["parameters", "ratio"]
@@ -127,8 +140,16 @@ def judge(summary: Any, comparable: bool) -> tuple[str, str]:
         detail = f"within {EQUAL_MARGIN:.0%}"
     else:
         detail = f"{abs(1 - ratio):.0%} {'lower' if ratio < 1 else 'higher'} {metric}"
-    unlike = "" if comparable else "; val loss not compared across vocabularies"
+    unlike = "" if comparable else "; val loss not compared across vocabularies or tokenizers"
     return judgement, f"{line} and {step_text}: {judgement} ({detail}, one seed{unlike})"
+
+
+def judged_metric(value: Any, comparable: bool) -> str:
+    """The summary row the verdict goes by: val loss, else val bits per byte (when both have it), else accuracy."""
+    if comparable:
+        return "val loss"
+    has_bits = "val bits per byte" in value.index and value.at["val bits per byte", "ratio"] is not None
+    return "val bits per byte" if has_bits else "next-token accuracy"
 
 
 def _notes(
@@ -143,7 +164,14 @@ def _notes(
             f"the closest has {base['parameters']:,} against your {yours['parameters']:,} ({ratio:.2f}x)."
         )
     if loss_note:
-        notes.append(f"{loss_note}; the verdict uses next-token accuracy instead.")
+        bits = yours.get("val_bits_per_byte") is not None and base.get("val_bits_per_byte") is not None
+        instead = "val bits per byte (the same held-out text)" if bits else "next-token accuracy"
+        notes.append(f"{loss_note}; the verdict uses {instead} instead.")
+    if not same_tokenizer(yours.get("tokenizer"), base.get("tokenizer")):
+        notes.append(
+            f"Your model reads the text through {yours['tokenizer']} and the baseline through {base['tokenizer']}: "
+            "each scored the same held-out text through its own tokenizer, so only bits per byte compare."
+        )
     for name, results in (("Your model", yours), ("The baseline", base)):
         if results["causal"] is False:
             notes.append(
@@ -222,7 +250,8 @@ def _comparison_figure(summary: Any, yours: dict[str, Any], base: dict[str, Any]
             ax.set(title=title, xticks=[], yticks=[])
             continue
         ax.bar(["yours", "baseline"], pair, color=["tab:blue", "tab:gray"])
-        ax.set_title(f"{title}\n{value.at[metric, 'ratio']:.2f}x", fontsize=9)
+        ratio = value.at[metric, "ratio"]  # None when the baseline's value is 0 (an accuracy, early on)
+        ax.set_title(f"{title}\n{ratio:.2f}x" if ratio is not None else f"{title}\nratio n/a", fontsize=9)
     fig.suptitle(verdict if len(verdict) < 140 else verdict[:137] + "...", fontsize=10)
     return fig
 

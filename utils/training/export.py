@@ -8,7 +8,9 @@ The folder holds:
 - ``config.json``: the model's configuration;
 - ``metadata.json``: versions, parameter count, precision, final metrics, the
   environment record and the result of the reload check;
-- ``README.md``: a model card with the metrics and how to load the weights.
+- ``tokenizer.json``: the tokenizer the model was trained with, when the results (or
+  ``tokenizer=``) name one; ``tokenizers.Tokenizer.from_file`` loads it;
+- ``README.md``: a model card with the metrics and how to load the weights and the tokenizer.
 
 It is written atomically through ``utils.folders`` (complete or absent, an
 earlier export replaced only with ``overwrite=True``); the metadata and the
@@ -55,8 +57,10 @@ from utils.training.model_card import (
     CARD_FILE,
     CONFIG_FILE,
     METADATA_FILE,
+    TOKENIZER_FILE,
     WEIGHTS_FILE,
     export_metadata,
+    export_tokenizer,
     model_card_text,
 )
 from utils.training.model_card import FORMAT_VERSION as FORMAT_VERSION  # re-exported: the layout's version
@@ -78,6 +82,7 @@ def export_state_dict(
     config: Any = None,
     model_factory: Callable[[], nn.Module] | None = None,
     overwrite: bool = False,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Write ``output_dir`` with the model's weights, config, metadata and model card, then check it reloads.
 
@@ -91,6 +96,8 @@ def export_state_dict(
         model_factory: builds a new model of the same architecture for the reload check;
             default ``type(model)(config)``, else a NaN-filled copy of the model.
         overwrite: replace an earlier export at ``output_dir``.
+        tokenizer: the model's tokenizer (a ``TextTokenizer``, or what ``tokenizer=`` takes); default
+            ``results["tokenizer"]``. It is written as ``tokenizer.json``.
 
     Returns:
         ``{'export_dir': Path, 'files': [names], 'parity': {...}, 'metadata': {...}}``; ``parity``
@@ -106,6 +113,7 @@ def export_state_dict(
     config = _resolve_config(config, results, model)
     config_json = config_to_dict(config)
     _check_factory(model_factory)
+    text_tokenizer = export_tokenizer(tokenizer if tokenizer is not None else results.get("tokenizer"), model, config)
     out = check_export_target(output_dir, overwrite)
     safetensors = import_safetensors()
     fresh, built_from, note = _fresh_model(model, config, model_factory)
@@ -114,7 +122,9 @@ def export_state_dict(
         safetensors.torch.save_model(model, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         _write_json(staging / CONFIG_FILE, config_json)
         parity = _check_reload(model, fresh, staging / WEIGHTS_FILE, config, built_from=built_from, note=note)
-        metadata = export_metadata(model, results, config, parity)
+        metadata = export_metadata(model, results, config, parity, text_tokenizer)
+        if text_tokenizer is not None:
+            text_tokenizer.save(staging / TOKENIZER_FILE)
         _write_json(staging / METADATA_FILE, metadata)
         (staging / CARD_FILE).write_text(model_card_text(model, config, metadata))
         files = sorted(p.name for p in staging.iterdir())

@@ -30,7 +30,7 @@ from utils.model_helpers import extract_logits, validate_model
 from utils.training import checkpoint as ckpt
 from utils.training.callbacks import EarlyStopping
 from utils.training.distributed import all_reduce_mean, all_reduce_sum, gradient_sync
-from utils.training.losses import next_token_loss_sums
+from utils.training.losses import bits_per_byte_row, next_token_loss_sums
 from utils.training.parts import (
     StepRecords,
     TrainingOutputs,
@@ -44,7 +44,9 @@ from utils.training.parts import (
 )
 from utils.training.results import THROUGHPUT_WARMUP_STEPS, collect_results
 from utils.training.resume import load_best_weights, save_training_checkpoint, start_run, update_best
+from utils.training.sampling import finish_sampling, start_sampling
 from utils.training.settings import EPOCH_ROW_KEYS, TrainingSettings, total_steps
+from utils.training.text_tokenizer import saved_tokenizer
 
 CALLBACK_HOOKS = ("on_train_begin", "on_log", "on_epoch_end", "on_train_end")
 
@@ -83,9 +85,12 @@ def train(
     validate_model(model)
     refuse_encoder_decoder(model, config, "training")
     resume = _check_before_work(model, settings, callbacks)
+    if (saved := saved_tokenizer(resume)) is not None:  # a resumed run encodes its text as before: never a new BPE
+        settings = settings.replace(tokenizer=saved)
     parts = build_parts(model, config, train_data, val_data, settings, weights=resume["model"] if resume else None)
     _print_batch_plan(parts)
     state, records, outputs = start_run(parts, callbacks, resume)
+    outputs.sampler = start_sampling(parts, config, state)
     owned_run = start_wandb_run(parts, config) if outputs.tracker.use_wandb else None
     finished = False
     try:
@@ -98,6 +103,7 @@ def train(
         best_loaded = load_best_weights(parts) if settings.load_best else False
         results = collect_results(parts, state, records, outputs)
         results["best_loaded"] = best_loaded
+        results.update(finish_sampling(parts, state, outputs, best_loaded))
         outputs.notify("on_train_end", state, results)
         finished = True
     finally:
@@ -263,6 +269,8 @@ def _finish_optimizer_step(
         outputs.pbar.update(1)
     if state.optimizer_step % parts.settings.log_every == 0 or state.optimizer_step == parts.total_steps:
         _log_window(parts, state, records, outputs)
+    if outputs.sampler is not None:  # sample_every: generating reads ids on the host, a deliberate sync
+        outputs.sampler.after_step(parts, state)
 
 
 def _log_window(parts: TrainingParts, state: TrainingState, records: StepRecords, outputs: TrainingOutputs) -> None:
@@ -367,6 +375,7 @@ def run_validation_epoch(parts: TrainingParts) -> dict[str, float]:
     loss_sum = torch.zeros((), device=parts.device)
     correct = torch.zeros((), dtype=torch.long, device=parts.device)
     n_targets = 0
+    n_bytes = None  # bytes of text the targets cover; None when the data is token ids, not text
     max_batches = parts.settings.max_val_batches
     for i, batch in enumerate(parts.val_loader):
         if max_batches is not None and i >= max_batches:
@@ -378,9 +387,12 @@ def run_validation_epoch(parts: TrainingParts) -> dict[str, float]:
         loss_sum += batch_loss
         correct += batch_correct
         n_targets += batch["n_targets"]
+        if "n_target_bytes" in batch:  # host ints from the collate: no sync
+            n_bytes = (n_bytes or 0) + batch["n_target_bytes"]
     parts.train_module.train()
     loss, accuracy = _read_totals(parts, loss_sum, correct, n_targets)
-    return {"val/loss": loss, "val/accuracy": accuracy}
+    text = bits_per_byte_row(loss, n_targets, n_bytes, parts.dist, parts.device)  # text: val/bits_per_byte
+    return {"val/loss": loss, "val/accuracy": accuracy, **text}
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -1,11 +1,12 @@
-"""What an export says about itself: ``config.json``, ``metadata.json`` and the ``README.md`` model card.
+"""What an export says about itself: ``config.json``, ``metadata.json``, ``tokenizer.json`` and the model card.
 
 ``export_state_dict`` (``utils.training.export``) writes all three from what is
 built here: the config as plain JSON (``config_to_dict``), the metadata
-(versions, parameter count, precision, final metrics, the environment record
-and the reload check) and the card, which shows the metrics, the reload check
-and the Python lines that rebuild the model from ``config.json`` (the reverse
-of ``config_to_dict``) and load ``model.safetensors``.
+(versions, parameter count, precision, final metrics, the environment record,
+the tokenizer and the reload check) and the card, which shows the metrics, the
+reload check and the Python lines that rebuild the model from ``config.json``
+(the reverse of ``config_to_dict``), load ``model.safetensors`` and the
+``tokenizer.json``, and make the model speak.
 
 Example:
     >>> metadata = export_metadata(model, results, config, parity)
@@ -25,8 +26,10 @@ import torch.nn as nn
 
 from utils._version import __version__
 from utils.checks import is_number
-from utils.model_helpers import count_parameters, model_device
+from utils.model_helpers import count_parameters, detect_vocab_size, model_device
 from utils.records import environment_record, to_jsonable
+from utils.training.text_tokenizer import TOKENIZER_FILE, TextTokenizer
+from utils.training.tokenization import resolve_tokenizer
 
 FORMAT_VERSION = 1  # of metadata.json and the folder layout
 WEIGHTS_FILE = "model.safetensors"
@@ -94,14 +97,54 @@ def model_card_text(model: nn.Module, config: Any, metadata: Mapping[str, Any]) 
         "",
         f"`{WEIGHTS_FILE}` holds tensors only (no pickled code); tied weights are stored once and "
         "re-tied by `load_model`. `metadata.json` records the versions, the environment and the reload check.",
+        *_tokenizer_section(metadata.get("tokenizer")),
     ]
     return "\n".join(lines) + "\n"
 
 
+def _tokenizer_section(tokenizer: Mapping[str, Any] | None) -> list[str]:
+    """How to load ``tokenizer.json`` (with Hugging Face ``tokenizers``, or ``utils``) and hear the model."""
+    if not tokenizer:
+        return []
+    return [
+        "",
+        "## Load the tokenizer and generate",
+        "",
+        f"The model was trained on text encoded by `{TOKENIZER_FILE}` ({tokenizer['name']}, "
+        f"{tokenizer['vocab_size']} ids).",
+        "",
+        "```python",
+        "from tokenizers import Tokenizer",
+        "",
+        f'tokenizer = Tokenizer.from_file("{TOKENIZER_FILE}")',
+        'ids = tokenizer.encode("def main():", add_special_tokens=False).ids',
+        "",
+        "import utils  # or, with this library: sample from the model loaded above",
+        "",
+        f'print(utils.generate(model, "def main():", tokenizer="{TOKENIZER_FILE}", max_new_tokens=60).text)',
+        "```",
+    ]
+
+
+def export_tokenizer(spec: Any, model: nn.Module, config: Any) -> TextTokenizer | None:
+    """The tokenizer an export writes: a ``TextTokenizer`` as it is, or one resolved from a name or path.
+
+    Raises:
+        ValueError: a tokenizer that does not fit the model, or 'bpe' (which only a training run makes).
+    """
+    if spec is None or isinstance(spec, TextTokenizer):
+        return spec
+    return resolve_tokenizer(spec, detect_vocab_size(model, config))
+
+
 def export_metadata(
-    model: nn.Module, results: Mapping[str, Any], config: Any, parity: dict[str, Any]
+    model: nn.Module,
+    results: Mapping[str, Any],
+    config: Any,
+    parity: dict[str, Any],
+    tokenizer: TextTokenizer | None = None,
 ) -> dict[str, Any]:
-    """``metadata.json``: versions, parameter count, precision, final metrics, environment and the reload check."""
+    """``metadata.json``: versions, parameter count, precision, final metrics, environment, tokenizer, reload check."""
     import safetensors  # already imported by the exporter; here only for its version
 
     precision = results.get("precision")
@@ -121,6 +164,7 @@ def export_metadata(
             "metrics": _metrics(results),
             "environment": dict(environment),
             "parity": parity,
+            "tokenizer": {**tokenizer.describe(), "file": TOKENIZER_FILE} if tokenizer is not None else None,
         }
     )
 

@@ -36,7 +36,7 @@ from utils.model_helpers import (
     make_forward_fn,
     model_mode,
 )
-from utils.training.data import make_loader, prepare_lm_data
+from utils.training.data import make_loader, prepare_lm_data, text_token_bytes
 from utils.training.distributed import DistributedContext, setup_distributed, wrap_data_parallel
 from utils.training.flops import FlopsPerToken, model_flops_per_token
 from utils.training.items import longest_item
@@ -68,6 +68,7 @@ class TrainingParts:
     total_steps: int
     data_source: str
     causality: CausalVerdict = CausalVerdict(None, "not probed")  # the setup's causal probe (utils.causality)
+    tokenizer: Any = None  # the TextTokenizer the text was encoded with (utils.training.text_tokenizer)
 
 
 @dataclass
@@ -112,6 +113,7 @@ class TrainingOutputs:
     timer: StepTimer
     callbacks: list[Any]
     pbar: Any = None
+    sampler: Any = None  # takes the samples of sample_every (utils.training.sampling)
 
     def notify(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -150,7 +152,7 @@ def build_parts(
     if weights is not None:
         model.load_state_dict(weights)
     vocab_size, seq_len, pad_id = read_model_sizes(model, config, settings, train_data)
-    train_loader, val_loader, data_source = _build_loaders(
+    train_loader, val_loader, data_source, tokenizer = _build_loaders(
         train_data, val_data, settings, ctx, device, vocab_size, seq_len, pad_id
     )
     eager_forward = make_forward_fn(model)
@@ -181,6 +183,7 @@ def build_parts(
         total_steps=steps,
         data_source=data_source,
         causality=causality,
+        tokenizer=tokenizer,
     )
 
 
@@ -193,10 +196,20 @@ def _build_loaders(
     vocab_size: int,
     seq_len: int,
     pad_id: int,
-) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader, str]:
-    """Train and validation loaders for this rank, and the data's source label."""
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader, str, Any]:
+    """Train and validation loaders for this rank, the data's source label, and the tokenizer of its text."""
     data = prepare_lm_data(
-        train_data, val_data, vocab_size=vocab_size, seq_len=seq_len, max_corpus_bytes=settings.max_corpus_bytes
+        train_data,
+        val_data,
+        vocab_size=vocab_size,
+        seq_len=seq_len,
+        max_corpus_bytes=settings.max_corpus_bytes,
+        tokenizer=settings.tokenizer,
+        text_column=settings.text_column,
+        seed=settings.seed,
+        progress=settings.progress and ctx.is_main,
+        # Large files are tokenized once: their ids are kept with the run's checkpoints.
+        cache_dir=settings.checkpoint_dir / "tokens" if settings.checkpoint_dir is not None else None,
     )
     loader_args = dict(
         pad_token_id=pad_id,
@@ -207,13 +220,21 @@ def _build_loaders(
         world_size=ctx.world_size,
     )
     train_loader = make_loader(data.train, settings.batch_size, shuffle=True, seed=settings.seed, **loader_args)
-    val_loader = make_loader(data.val, settings.batch_size, shuffle=False, seed=settings.seed, **loader_args)
+    # Validation batches also count the bytes of text their targets cover, for val/bits_per_byte.
+    val_loader = make_loader(
+        data.val,
+        settings.batch_size,
+        shuffle=False,
+        seed=settings.seed,
+        token_bytes=text_token_bytes(data.val),
+        **loader_args,
+    )
     if len(val_loader) == 0:
         raise ValueError(
             f"the validation data has {len(data.val)} sequences, fewer than the {ctx.world_size} ranks; "
             "pass more val_data or run on fewer processes"
         )
-    return train_loader, val_loader, data.source
+    return train_loader, val_loader, data.source, data.tokenizer
 
 
 def _compiled_forward(model: nn.Module, train_module: nn.Module, compile_options: dict[str, Any] | None) -> Any:

@@ -132,6 +132,7 @@ def save_training_checkpoint(
             "rng": ckpt.capture_rng_state(),
             "best": {"value": state.best_value, "epoch": state.best_epoch},
             "callbacks": _callback_states(outputs.callbacks),
+            "tokenizer": parts.tokenizer.to_json() if parts.tokenizer is not None else None,  # resume encodes alike
         }
         ckpt.save_checkpoint(ckpt.checkpoint_path(parts.settings.checkpoint_dir), checkpoint)
     barrier(parts.dist)

@@ -42,12 +42,23 @@ from utils.checks import check_bool, check_path
 from utils.records import to_jsonable
 from utils.training import checkpoint as ckpt
 from utils.training import loop
-from utils.training.model_card import config_to_dict
+from utils.training.model_card import config_to_dict, qualified_name
+from utils.training.tokenization import describe_tokenizer_spec
 
 CONFIG_FILE = "config.json"
 RUN_FORMAT_VERSION = 1
 # Settings that change nothing a resumed run computes, so they may differ when resuming.
-RESUME_MAY_CHANGE = ("n_epochs", "max_steps", "progress", "use_wandb", "wandb_project", "device", "load_best")
+RESUME_MAY_CHANGE = (
+    "n_epochs",
+    "max_steps",
+    "progress",
+    "use_wandb",
+    "wandb_project",
+    "device",
+    "load_best",
+    "sample_every",  # samples draw from their own generator in eval mode: the training is the same
+    "sample_prompt",
+)
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CONFIG_SECTIONS = ("settings", "lifecycle", "data")  # what resume_training reads from config.json
 _MISSING = "<missing>"
@@ -235,7 +246,11 @@ def run_config(
         "settings": settings_record(settings),
         "lifecycle": {k: lifecycle[k] for k in ("early_stopping_patience", "early_stopping_min_delta")},
         "data": {"train_data": _describe_data(train_data), "val_data": _describe_data(val_data)},
-        "model": {"class": f"{type(model).__module__}.{type(model).__qualname__}", "config": _config_record(config)},
+        "model": {
+            "class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "config": _config_record(config),
+            "config_class": qualified_name(type(config)),  # with the class, what rebuilds the model to generate
+        },
     }
 
 
@@ -245,6 +260,8 @@ def settings_record(settings: loop.TrainingSettings) -> dict[str, Any]:
     for name in ("checkpoint_dir", "resume_from", "wandb_prefix"):
         record.pop(name)
     record["device"] = str(record["device"]) if record["device"] is not None else None
+    # The name or path as given; a tokenizer object as its kind (the run keeps the tokenizer itself).
+    record["tokenizer"] = describe_tokenizer_spec(record["tokenizer"])
     return to_jsonable(record)
 
 

@@ -31,9 +31,20 @@ from utils.training import checkpoint as ckpt
 from utils.training.callbacks import MODES
 from utils.training.corpus import DEFAULT_CORPUS_BYTES
 from utils.training.precision import validate_precision_args
+from utils.training.tokenization import check_tokenizer_spec
 
 # The keys of an epoch row: any of them can be the monitored metric for best.pt and early stopping.
-EPOCH_ROW_KEYS = ("val/loss", "val/accuracy", "val/perplexity", "train/loss", "train/accuracy", "lr", "epoch")
+# 'val/bits_per_byte' is in the row when the validation data is text.
+EPOCH_ROW_KEYS = (
+    "val/loss",
+    "val/accuracy",
+    "val/perplexity",
+    "train/loss",
+    "train/accuracy",
+    "lr",
+    "epoch",
+    "val/bits_per_byte",
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,10 @@ class TrainingSettings:
     monitor: str = "val/loss"  # the epoch-row metric that picks best.pt
     mode: str = "min"  # 'min': lower is better
     load_best: bool = False  # load best.pt's weights into the model at the end
+    tokenizer: Any = "bytes"  # how text becomes ids: 'bytes', 'bpe', 'gpt2', 'auto', a tokenizer.json, an object
+    text_column: str | None = None  # the text column of a Hugging Face dataset or data file
+    sample_every: int | None = None  # print and log a short sample every N optimizer steps
+    sample_prompt: str | None = None  # the samples' prompt (None: the start of the validation text)
 
     def __post_init__(self) -> None:
         for name in ("n_epochs", "batch_size", "gradient_accumulation_steps", "log_every", "max_corpus_bytes"):
@@ -102,6 +117,11 @@ class TrainingSettings:
             raise ValueError("load_best=True needs checkpoint_dir=, the folder where best.pt is kept; pass one")
         if self.resume_from is not None and not isinstance(self.resume_from, (str, os.PathLike)):
             raise TypeError(f"resume_from must be a checkpoint file path, got {type(self.resume_from).__name__}")
+        check_tokenizer_spec(self.tokenizer)
+        check_str(self.text_column, "text_column", allow_none=True)
+        check_positive_int(self.sample_every, "sample_every", allow_none=True)
+        if self.sample_prompt is not None and (not isinstance(self.sample_prompt, str) or not self.sample_prompt):
+            raise ValueError(f"sample_prompt must be a non-empty string or None, got {self.sample_prompt!r}")
 
     @property
     def compile_options(self) -> dict[str, Any] | None:

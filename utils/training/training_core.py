@@ -11,6 +11,7 @@ A run folder ``output_dir/<run_name>/`` holds:
 - ``checkpoints/last.pt`` (each epoch end) and ``checkpoints/best.pt`` (each improvement);
 - ``metrics.csv`` (one row per epoch) and ``steps.csv`` (one row per logging step);
 - ``config.json``: the exact settings of the run, read back by ``resume_training``;
+- ``tokenizer.json``: the tokenizer its text was encoded with (``last.pt`` carries a copy);
 - ``results.json`` and ``training_curves.png``.
 
 Example:
@@ -48,6 +49,7 @@ from utils.training.run_folder import RUN_FORMAT_VERSION as RUN_FORMAT_VERSION
 from utils.training.run_folder import check_run_name as check_run_name
 from utils.training.run_folder import read_run_config as read_run_config
 from utils.training.settings import LIFECYCLE_DEFAULTS, QUICK, TrainingSettings, amp_by_default
+from utils.training.text_tokenizer import TOKENIZER_FILE
 
 # A short run on the built-in corpus, to check the wiring (about 30 steps of a tiny model: seconds on a CPU).
 QUICK_TRAIN = QUICK
@@ -126,6 +128,10 @@ class TrainingCoordinator:
         wandb_project: str | None = None,
         progress: bool | None = None,
         compile: bool | dict[str, Any] = TrainingSettings.compile,
+        tokenizer: Any = TrainingSettings.tokenizer,
+        text_column: str | None = TrainingSettings.text_column,
+        sample_every: int | None = TrainingSettings.sample_every,
+        sample_prompt: str | None = TrainingSettings.sample_prompt,
     ) -> dict[str, Any]:
         """Train ``model`` in its own run folder; every keyword of ``test_fine_tuning`` works here too.
 
@@ -186,6 +192,8 @@ class TrainingCoordinator:
         use_wandb: bool | None = None,
         wandb_project: str | None = None,
         load_best: bool | None = None,
+        sample_every: int | None = None,
+        sample_prompt: str | None = None,
         train_data: Any = None,
         val_data: Any = None,
         callbacks: Sequence[Any] = (),
@@ -194,10 +202,11 @@ class TrainingCoordinator:
 
         With the run's own ``n_epochs``, the result has the same losses and
         weights as a run that never stopped (on one process); early-stopping
-        patience and the best value carry over. ``n_epochs`` (counted from the
+        patience and the best value carry over, and the text is encoded with the
+        tokenizer ``last.pt`` saved (a 'bpe' is never trained again). ``n_epochs`` (counted from the
         run's start) or ``max_steps`` may be raised to train on; the learning-rate
         schedule then stretches to the new length. ``device``, ``progress``,
-        ``use_wandb``, ``wandb_project`` and ``load_best`` may differ from the
+        ``use_wandb``, ``wandb_project``, ``load_best``, ``sample_every`` and ``sample_prompt`` may differ from the
         original run's: these keywords are exactly ``RESUME_MAY_CHANGE``, the
         settings nothing a resumed run computes depends on. None keeps the run's.
 
@@ -223,6 +232,8 @@ class TrainingCoordinator:
             use_wandb=use_wandb,
             wandb_project=wandb_project,
             load_best=load_best,
+            sample_every=sample_every,
+            sample_prompt=sample_prompt,
         )
         fields.update({k: v for k, v in changes.items() if v is not None})  # only what RESUME_MAY_CHANGE allows
         lifecycle = {**saved["lifecycle"], "run_name": run_dir.name, "resume": True, "overwrite": False}
@@ -327,4 +338,6 @@ def _finish_run(run_dir: Path, results: dict[str, Any], model: nn.Module, config
     figure.savefig(run_dir / "training_curves.png", dpi=110)
     plain = {k: v for k, v in results.items() if k not in ("metrics_summary", "step_history")}
     write_json_atomic(run_dir / "results.json", to_jsonable({"run_dir": str(run_dir), **plain}))
+    if results.get("tokenizer") is not None:  # the run's tokenizer beside its weights: generate and export read it
+        results["tokenizer"].save(run_dir / TOKENIZER_FILE)
     return {**results, "figure": figure, "run_dir": str(run_dir), "model": model, "config": config}

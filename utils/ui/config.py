@@ -60,6 +60,8 @@ class WizardConfig:
     Attributes:
         data_source: 'builtin' (Python's standard library source: code), 'file'
             (one UTF-8 text file), 'folder' (its text files, sorted) or 'strings'.
+        tokenizer: how the text becomes ids: 'bytes', 'bpe', 'gpt2', 'auto' or a tokenizer.json
+            path (see ``test_fine_tuning``); a name or a path, so that it saves as JSON.
         dataset_path: the file or folder, for 'file' and 'folder'.
         texts: the texts themselves, for 'strings'.
         use_mixed_precision: ``use_amp``; None follows ``precision`` ('auto' trains in mixed precision).
@@ -89,6 +91,7 @@ class WizardConfig:
     max_corpus_bytes: int = TrainingSettings.max_corpus_bytes
     max_val_batches: int | None = TrainingSettings.max_val_batches
     preset: str | None = None
+    tokenizer: str = TrainingSettings.tokenizer
 
     # -- checking ---------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from utils.training import run_folder
 from utils.training.data import ByteTokenizer, prepare_lm_data
 from utils.training.precision import PRECISIONS, PrecisionPlan, resolve_precision
 from utils.training.settings import TrainingSettings, amp_by_default, total_steps
+from utils.training.tokenization import check_spec_fits, is_bytes_spec
 from utils.ui.data_source import DATA_SOURCES, read_train_data
 from utils.ui.estimate import available_memory_mb, estimate_training_memory
 from utils.ui.preset_table import PRESETS
@@ -55,6 +56,7 @@ _ENGINE_FIELDS = (
     "max_corpus_bytes",
     "precision",
     "device",
+    "tokenizer",
 )
 _DATA_FIELDS = ("data_source", "dataset_path", "texts", "max_corpus_bytes")
 _MEMORY_FIELDS = {"batch_size", "device", "seq_len"}  # what the memory check reads besides the model
@@ -306,8 +308,18 @@ def _model_facts(cfg: Any, model: Any, model_config: Any) -> tuple[dict[str, Any
         )
     if errors:
         facts["seq_len"] = None  # no check runs the model at a length it cannot take
-    tokenizer_errors = [] if vocab_size >= ByteTokenizer.vocab_size else [_vocab_problem(vocab_size)]
-    return facts, errors, tokenizer_errors
+    return facts, errors, _tokenizer_problems(getattr(cfg, "tokenizer", "bytes"), vocab_size)
+
+
+def _tokenizer_problems(spec: Any, vocab_size: int) -> list[str]:
+    """Whether the tokenizer's ids fit the model: the bytes' 256, or the one ``tokenizer`` names."""
+    if is_bytes_spec(spec, vocab_size):
+        return [] if vocab_size >= ByteTokenizer.vocab_size else [_vocab_problem(vocab_size)]
+    try:
+        check_spec_fits(spec, vocab_size)
+    except (ValueError, TypeError, ImportError) as err:
+        return [_message("tokenizer", str(err))]
+    return []
 
 
 def _vocab_problem(vocab_size: int) -> str:

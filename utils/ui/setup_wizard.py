@@ -129,7 +129,7 @@ class SetupWizard:
         found = inspect_config(wizard_config, model, config)
         steps = [
             _data_step(wizard_config, found),
-            _tokenizer_step(found),
+            _tokenizer_step(found, wizard_config.tokenizer),
             _model_step(model, found),
             _settings_step(wizard_config, found),
         ]
@@ -275,8 +275,11 @@ def _data_step(cfg: WizardConfig, found: Inspection) -> dict[str, Any]:
     return _step(1, errors, summary, **data)
 
 
-def _tokenizer_step(found: Inspection) -> dict[str, Any]:
+def _tokenizer_step(found: Inspection, spec: Any = "bytes") -> dict[str, Any]:
     vocab, errors = found.model.get("vocab_size"), found.errors["tokenizer"]
+    if spec != "bytes":  # another tokenizer: checked against the model; a 'bpe' is trained with the run
+        summary = errors[0] if errors else f"tokenizer {spec!r} fits the model's vocabulary of {vocab or 'unknown'}"
+        return _step(2, errors, summary, tokenizer=spec, model_vocab_size=vocab, fits=not errors if vocab else None)
     fits = None if vocab is None else vocab >= ByteTokenizer.vocab_size
     if vocab is None:
         summary = "UTF-8 bytes (256 ids); the model's vocabulary is unknown"

@@ -84,6 +84,9 @@ def test_fine_tuning(
     monitor: str = TrainingSettings.monitor,
     mode: str = TrainingSettings.mode,
     load_best: bool = TrainingSettings.load_best,
+    strategy: str = TrainingSettings.strategy,
+    fsdp_wrap: str | type | tuple | None = TrainingSettings.fsdp_wrap,
+    activation_checkpointing: bool = TrainingSettings.activation_checkpointing,
 ) -> dict[str, Any]:
     """Train ``model`` as a next-token language model and report how it learned.
 
@@ -138,12 +141,25 @@ def test_fine_tuning(
             start of the original run. With the same settings, the resumed run
             continues exactly as the uninterrupted one would have (on one
             process; under DDP the data order is exact and dropout is re-seeded).
+        strategy: 'auto' (DDP under torchrun with more than one process, else
+            one process), 'ddp', or 'fsdp': FSDP2 shards of the parameters,
+            gradients and AdamW state over the ranks, each block gathered in
+            turn (see "When the model outgrows one GPU" in the README). 'fsdp'
+            also runs in one process, on a 1-rank mesh; it refuses fp16.
+        fsdp_wrap: the block class to shard and checkpoint, by class or name
+            ('GPT2Block'), or a tuple of them. None: a Hugging Face model's
+            ``_no_split_modules``, else the largest ``nn.ModuleList`` of blocks.
+        activation_checkpointing: recompute each block's activations in the
+            backward pass instead of storing them (any strategy): less memory,
+            about one more forward of compute, the same losses.
 
     Under ``torchrun --nproc_per_node=N`` the same call trains with
     DistributedDataParallel: ``batch_size`` is per rank, each rank reads its
     share of every epoch, gradients are all-reduced once per optimizer step,
     the reported metrics are over all ranks, and only rank 0 shows progress
-    and logs to W&B.
+    and logs to W&B. With ``strategy='fsdp'`` the model stays sharded after
+    training; ``utils.training.fsdp.full_state_dict(model)`` gathers its whole
+    weights (on rank 0) for an export or a plain copy.
 
     Returns:
         A dict: ``loss_history``, ``grad_norm_history``, ``loss_scale_history``
@@ -158,7 +174,10 @@ def test_fine_tuning(
         validation), ``step_times_s``, ``samples_per_second``,
         ``tokens_per_second``, ``amp_enabled``, ``precision``,
         ``skipped_steps``, ``final_loss_scale``, ``optimizer_steps``,
-        ``device``, ``world_size``, ``compiled``, ``mfu`` (a fraction, None on
+        ``device``, ``world_size``, ``strategy`` ('single', 'ddp' or 'fsdp'),
+        ``fsdp`` (None, or the sharded modules, block classes, mesh and
+        dtypes), ``activation_checkpointing`` (the blocks that recompute),
+        ``compiled``, ``mfu`` (a fraction, None on
         CPU or an unknown GPU), ``throughput`` (steady-state tokens/s after
         the first steps, FLOPs per token, achieved and peak TFLOP/s, MFU and
         how each was found) and ``figure``. ``samples_per_second`` and
@@ -197,6 +216,9 @@ def test_fine_tuning(
         monitor=monitor,
         mode=mode,
         load_best=load_best,
+        strategy=strategy,
+        fsdp_wrap=fsdp_wrap,
+        activation_checkpointing=activation_checkpointing,
     )
     results = loop.train(model, config, settings, train_data, val_data, callbacks=callbacks)
     results["figure"] = create_training_figure(results)

@@ -34,9 +34,11 @@ from utils.model_helpers import (
     make_forward_fn,
     model_mode,
 )
+from utils.training.blocks import choose_blocks
 from utils.training.data import make_loader, prepare_lm_data
 from utils.training.distributed import DistributedContext, setup_distributed, wrap_data_parallel
 from utils.training.flops import FlopsPerToken, model_flops_per_token
+from utils.training.fsdp import ModelPlacement, place_model, reshard
 from utils.training.items import longest_item
 from utils.training.metrics_tracker import MetricsTracker
 from utils.training.optim import build_lr_scheduler, build_optimizer
@@ -65,6 +67,7 @@ class TrainingParts:
     val_loader: torch.utils.data.DataLoader
     total_steps: int
     data_source: str
+    placement: ModelPlacement  # one process, DDP or FSDP shards; which blocks recompute activations
 
 
 @dataclass
@@ -138,14 +141,24 @@ def build_parts(
 ) -> TrainingParts:
     """Resolve ranks, device and precision, build data, optimizer and schedule, and probe the model once.
 
-    ``weights`` (a checked state dict, when resuming) are loaded right after the move to the device,
-    before anything wraps or probes the model.
+    ``weights`` (a checked state dict, when resuming) are loaded right after the move to the device
+    (under FSDP, just before sharding), before anything wraps or probes the model.
     """
-    ctx, device = setup_distributed(settings.device)
+    fsdp = settings.strategy == "fsdp"
+    # Before any work: an fsdp_wrap that names no class of the model fails here.
+    blocks = choose_blocks(model, settings.fsdp_wrap, shard=fsdp, checkpoint=settings.activation_checkpointing)
+    ctx, device = setup_distributed(settings.device, process_group=fsdp)
     plan = resolve_precision(settings.precision, settings.use_amp, device)
-    model.to(device)
-    if weights is not None:
-        model.load_state_dict(weights)
+    placement = place_model(
+        model,
+        blocks,
+        strategy=settings.strategy,
+        activation_checkpointing=settings.activation_checkpointing,
+        ctx=ctx,
+        device=device,
+        plan=plan,
+        weights=weights,
+    )
     vocab_size, seq_len, pad_id = read_model_sizes(model, config, settings, train_data)
     train_loader, val_loader, data_source = _build_loaders(
         train_data, val_data, settings, ctx, device, vocab_size, seq_len, pad_id
@@ -158,6 +171,7 @@ def build_parts(
     warmup = settings.warmup_steps if settings.warmup_steps is not None else round(0.1 * steps)
     if warmup > steps:
         raise ValueError(f"warmup_steps={warmup} exceeds the {steps} optimizer steps this run will take")
+    reshard(model)  # under FSDP, the optimizer must hold the shards, not the probe's gathered root
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
     return TrainingParts(
         settings=settings,
@@ -177,6 +191,7 @@ def build_parts(
         val_loader=val_loader,
         total_steps=steps,
         data_source=data_source,
+        placement=placement,
     )
 
 

@@ -28,8 +28,10 @@ from utils.checks import (
 )
 from utils.device import resolve_device
 from utils.training import checkpoint as ckpt
+from utils.training.blocks import check_block_spec
 from utils.training.callbacks import MODES
 from utils.training.corpus import DEFAULT_CORPUS_BYTES
+from utils.training.fsdp import FSDP_DEVICE_TYPES, STRATEGIES
 from utils.training.precision import validate_precision_args
 
 # The keys of an epoch row: any of them can be the monitored metric for best.pt and early stopping.
@@ -75,6 +77,9 @@ class TrainingSettings:
     monitor: str = "val/loss"  # the epoch-row metric that picks best.pt
     mode: str = "min"  # 'min': lower is better
     load_best: bool = False  # load best.pt's weights into the model at the end
+    strategy: str = "auto"  # 'auto': DDP under torchrun (N > 1), else one process; 'ddp'; 'fsdp' (FSDP2 shards)
+    fsdp_wrap: str | type | tuple | None = None  # the block class(es) to shard and checkpoint; None: found
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
 
     def __post_init__(self) -> None:
         for name in ("n_epochs", "batch_size", "gradient_accumulation_steps", "log_every", "max_corpus_bytes"):
@@ -102,6 +107,28 @@ class TrainingSettings:
             raise ValueError("load_best=True needs checkpoint_dir=, the folder where best.pt is kept; pass one")
         if self.resume_from is not None and not isinstance(self.resume_from, (str, os.PathLike)):
             raise TypeError(f"resume_from must be a checkpoint file path, got {type(self.resume_from).__name__}")
+        self._check_strategy()
+
+    def _check_strategy(self) -> None:
+        """``strategy``, ``fsdp_wrap`` and ``activation_checkpointing``, and the combinations FSDP refuses."""
+        check_choice(self.strategy, "strategy", STRATEGIES)
+        check_bool(self.activation_checkpointing, "activation_checkpointing")
+        object.__setattr__(self, "fsdp_wrap", check_block_spec(self.fsdp_wrap, "fsdp_wrap"))
+        if self.fsdp_wrap is not None and self.strategy != "fsdp" and not self.activation_checkpointing:
+            raise ValueError(
+                "fsdp_wrap= names the blocks to shard or to checkpoint; pass strategy='fsdp' or "
+                "activation_checkpointing=True with it"
+            )
+        if self.strategy != "fsdp":
+            return
+        if self.precision == "fp16":
+            raise ValueError(
+                "strategy='fsdp' does not train in fp16: its loss scaler would need an inf/NaN check over every "
+                "rank's shard. Pass precision='bf16' (or 'fp32'), or strategy='ddp' for fp16"
+            )
+        device_type = resolve_device(self.device).type
+        if device_type not in FSDP_DEVICE_TYPES:
+            raise ValueError(f"strategy='fsdp' runs on {FSDP_DEVICE_TYPES} (NCCL or gloo), not on {device_type}")
 
     @property
     def compile_options(self) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import inspect
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ import torch.nn as nn
 from torch.distributed.fsdp import FSDPModule
 
 from utils.device import resolve_device
+
+_GLOO_DRAIN_S = 0.2  # see _destroy_process_group
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,15 @@ def setup_distributed(
 
 
 def _destroy_process_group() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "gloo":
+        # A gloo worker thread frees its last collective's tensors just after the collective completes,
+        # and needs the GIL to do so; if the interpreter is already finalizing (a rank that exits right
+        # after its last FSDP all-gather, on a busy CPU), the thread dies inside C++ and the process
+        # aborts ("terminate called without an active exception"). Let the threads finish first.
+        time.sleep(_GLOO_DRAIN_S)
+    dist.destroy_process_group()
 
 
 def wrap_data_parallel(model: nn.Module, ctx: DistributedContext, device: torch.device) -> nn.Module:

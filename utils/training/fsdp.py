@@ -273,16 +273,19 @@ def lockstep_batches(
     """This rank's validation batches, at most ``max_batches``; under FSDP, as many on every rank.
 
     Every FSDP forward gathers parameters with all ranks, but the validation split gives rank r
-    the rows r, r + N, ..., so one rank may have a batch fewer. It then runs its first batch once
-    more with every target ignored, which adds nothing to the loss, accuracy or target sums.
+    the rows r, r + N, ..., so one rank may have a batch fewer. The ranks agree on the count
+    first; a rank short of it runs its first batch once more with every target ignored, which
+    adds nothing to the loss, accuracy or target sums.
     """
-    n_batches, first = 0, None
-    for batch in itertools.islice(loader, max_batches):
-        n_batches, first = n_batches + 1, batch if first is None else first
-        yield batch
     if not (sharded and ctx.enabled):
+        yield from itertools.islice(loader, max_batches)
         return
-    most = max_host_value(n_batches, ctx, device)  # one small collective per validation, on every rank
+    n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+    most = max_host_value(n_batches, ctx, device)  # one small collective per validation, before any forward
+    first = None
+    for batch in itertools.islice(loader, n_batches):
+        first = batch if first is None else first
+        yield batch
     if first is not None:  # setup refuses a rank without validation rows
         ignored = {**first, "labels": torch.full_like(first["labels"], IGNORE_INDEX), "n_targets": 0}
         yield from itertools.repeat(ignored, most - n_batches)

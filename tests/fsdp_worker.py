@@ -6,9 +6,9 @@ standard library's source): 24 training rows, so that 2 ranks x 2 rows x 2 micro
 3 optimizer steps an epoch with no sampler padding, and 5 validation rows, split 3 and 2, so
 that rank 0 has one validation batch more than rank 1 (FSDP must still run in step).
 
-Flags: ``--strategy=fsdp``, ``--checkpoint-dir=DIR``, ``--resume-from=FILE``, ``--kill-at-epoch=K``
-(every rank SIGKILLs itself at the end of epoch K, before that epoch's checkpoint), and
-``--gathered=FILE`` (rank 0 writes the whole weights and the sharded model's logits there).
+Flags: ``--strategy=fsdp``, ``--activation-checkpointing``, ``--checkpoint-dir=DIR``, ``--resume-from=FILE``,
+``--kill-at-epoch=K`` (every rank SIGKILLs itself at the end of epoch K, before that epoch's checkpoint),
+and ``--gathered=FILE`` (rank 0 writes the whole weights and the sharded model's logits there).
 """
 
 from __future__ import annotations
@@ -79,20 +79,23 @@ def train(batch_size: int, *, model=None, callbacks=(), **options) -> tuple[dict
     )
     keep = ("loss_history", "grad_norm_history", "lr_history", "val_loss", "val_accuracy", "optimizer_steps")
     out = {key: results[key] for key in keep}
-    out.update(world_size=results["world_size"], strategy=results["strategy"], fsdp=results["fsdp"])
+    out.update({key: results[key] for key in ("world_size", "strategy", "fsdp", "activation_checkpointing")})
     out["epochs"] = results["metrics_summary"].to_dict("records")
     out["best_loaded"] = results["best_loaded"]
     return out, model
 
 
 def _flags(argv: list[str]) -> dict[str, str]:
-    return dict(arg.lstrip("-").split("=", 1) for arg in argv)
+    return dict(arg.lstrip("-").split("=", 1) if "=" in arg else (arg.lstrip("-"), "") for arg in argv)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     flags = _flags(sys.argv[2:])
-    options = {"strategy": flags.get("strategy", "fsdp")}
+    options = {
+        "strategy": flags.get("strategy", "fsdp"),
+        "activation_checkpointing": "activation-checkpointing" in flags,
+    }
     for flag in ("checkpoint-dir", "resume-from"):
         if flag in flags:
             options[flag.replace("-", "_")] = flags[flag]

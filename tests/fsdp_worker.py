@@ -79,7 +79,9 @@ def train(batch_size: int, *, model=None, callbacks=(), **options) -> tuple[dict
     )
     keep = ("loss_history", "grad_norm_history", "lr_history", "val_loss", "val_accuracy", "optimizer_steps")
     out = {key: results[key] for key in keep}
-    out.update({key: results[key] for key in ("world_size", "strategy", "fsdp", "activation_checkpointing")})
+    out.update(
+        {key: results[key] for key in ("world_size", "strategy", "fsdp", "activation_checkpointing", "parameters")}
+    )
     out["epochs"] = results["metrics_summary"].to_dict("records")
     out["best_loaded"] = results["best_loaded"]
     return out, model

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from tiny_models import TorchEncoderLM
 
+from utils import models
 from utils.training import blocks, checkpoint, distributed, fsdp, parts
 from utils.training.loop import train
 from utils.training.precision import resolve_precision
@@ -159,11 +160,12 @@ def _tiny_run(**options) -> tuple[dict, nn.Module]:
 
 def test_fsdp_in_one_process_matches_the_plain_run_and_leaves_a_sharded_model():
     plain, _ = _tiny_run()
-    sharded, model = _tiny_run(strategy="fsdp")
+    sharded, model = _tiny_run(strategy="fsdp", fsdp_wrap=models.Block)
     assert sharded["strategy"] == "fsdp" and sharded["fsdp"]["mesh"] == "cpu x 1"
+    assert sharded["fsdp"]["sharded_modules"] == ["blocks.0", "blocks.1", "(root)"]
     torch.testing.assert_close(sharded["loss_history"], plain["loss_history"], **TOL)
     torch.testing.assert_close(sharded["grad_norm_history"], plain["grad_norm_history"], **TOL)
-    assert fsdp.is_sharded(model)
+    assert fsdp.is_sharded(model) and sharded["parameters"] == plain["parameters"]  # whole sizes, not shards
     weights = fsdp.full_state_dict(model)  # one rank: rank 0 gets everything
     fresh, _ = fsdp_worker.build_model()
     fresh.load_state_dict(weights, strict=True)
@@ -171,6 +173,20 @@ def test_fsdp_in_one_process_matches_the_plain_run_and_leaves_a_sharded_model():
         torch.testing.assert_close(fresh.eval()(fsdp_worker.PROBE), model.eval()(fsdp_worker.PROBE))
     with pytest.raises(ValueError, match=r"sharded by an earlier strategy='fsdp' run; train it with strategy='fsdp'"):
         _tiny_run(model=model)
+
+
+def test_bf16_under_fsdp_gathers_bf16_parameters_and_keeps_fp32_shards(cpu_bf16):
+    cpu_bf16(True)
+    data = fsdp_worker.text_rows()
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        model, config = fsdp_worker.build_model()
+        settings = _settings(strategy="fsdp", precision=precision, max_steps=4, batch_size=4, learning_rate=3e-3)
+        results = train(model, config, settings, *data)
+        losses[precision] = results["loss_history"]
+    assert results["precision"] == "bf16" and results["fsdp"]["param_dtype"] == "bfloat16"
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the sharded master weights
+    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=2e-2, atol=0)  # bf16: ~3 significant digits
 
 
 def test_activation_checkpointing_gives_the_same_fp32_losses_and_is_undone():
@@ -336,3 +352,18 @@ def test_plain_models_pass_through_the_state_dict_helpers():
     tensor = torch.ones(2)
     assert fsdp.plain_tensor(tensor) is tensor and fsdp.plain_tensor(None) is None
     assert distributed.max_host_value(3, distributed.DistributedContext(), torch.device("cpu")) == 3
+
+
+def test_without_fsdp2_the_engine_still_imports_and_fsdp_is_refused_clearly():
+    # A torch without FSDP2 (older, or built without torch.distributed): every import of it fails.
+    script = (
+        "import sys\n"
+        "sys.modules['torch.distributed.fsdp'] = sys.modules['torch.distributed._composable.fsdp'] = None\n"
+        "import utils.tier3_training_utilities\n"
+        "from utils.training import fsdp_api, settings\n"
+        "assert not fsdp_api.fsdp2_available() and not fsdp_api.is_sharded(object())\n"
+        "settings.TrainingSettings(strategy='fsdp', device='cpu')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert "ValueError: strategy='fsdp' needs PyTorch's FSDP2 (fully_shard" in done.stderr, done.stderr[-2000:]

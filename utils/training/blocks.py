@@ -29,7 +29,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
-from torch.distributed.fsdp import FSDPModule
+
+from utils.training.fsdp_api import is_sharded
 
 BlockSpec = str | type | tuple  # what fsdp_wrap= takes
 _RECOMPUTES = "recomputes"  # the attribute that marks a forward made here, holding the block's own forward
@@ -62,8 +63,8 @@ def find_blocks(model: nn.Module, spec: tuple[str | type, ...] | None = None) ->
     Raises:
         ValueError: ``spec`` (``fsdp_wrap``) names no class of this model; the message lists its classes.
     """
-    if isinstance(model, FSDPModule):
-        return [(name, m) for name, m in model.named_modules() if name and isinstance(m, FSDPModule)]
+    if is_sharded(model):
+        return [(name, m) for name, m in model.named_modules() if name and is_sharded(m)]
     if spec is not None:
         found = _outermost(model, lambda m: any(_is(m, item) for item in spec))
         if not found:

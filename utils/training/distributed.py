@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.fsdp import FSDPModule
 
 from utils.device import resolve_device
+from utils.training.fsdp_api import is_sharded
 
 _GLOO_DRAIN_S = 0.2  # see _destroy_process_group
 
@@ -121,7 +121,7 @@ def wrap_data_parallel(model: nn.Module, ctx: DistributedContext, device: torch.
     rotary tables) are constants, and a broadcast per call would add a
     collective to validation, where ranks may run different batch counts.
     """
-    if not ctx.enabled or isinstance(model, FSDPModule):  # an FSDP model is its own data-parallel wrapper
+    if not ctx.enabled or is_sharded(model):  # an FSDP model is its own data-parallel wrapper
         return model
     device_ids = [device.index] if device.type == "cuda" else None
     ddp_parameters = inspect.signature(nn.parallel.DistributedDataParallel).parameters
@@ -142,13 +142,13 @@ def gradient_sync(module: nn.Module, sync: bool) -> contextlib.AbstractContextMa
         return contextlib.nullcontext()
     if isinstance(module, nn.parallel.DistributedDataParallel):
         return module.no_sync()
-    if isinstance(module, FSDPModule):
+    if is_sharded(module):
         return _fsdp_accumulate(module)
     return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
-def _fsdp_accumulate(module: FSDPModule) -> Iterator[None]:
+def _fsdp_accumulate(module: nn.Module) -> Iterator[None]:
     """FSDP's no_sync: keep whole gradients locally, and keep the gathered parameters for the next micro-batch.
 
     Until the group's last backward, each rank holds every block's unsharded gradients (and, between

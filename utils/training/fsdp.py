@@ -29,27 +29,16 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
-from utils.training.blocks import checkpoint_activations
+from utils.training.blocks import checkpoint_activations, release_activation_checkpointing
 from utils.training.data import IGNORE_INDEX
 from utils.training.distributed import DistributedContext, max_host_value
+from utils.training.fsdp_api import FSDPModule, MixedPrecisionPolicy, fully_shard, is_dtensor, is_sharded
 from utils.training.precision import PrecisionPlan
 
 STRATEGIES = ("auto", "ddp", "fsdp")  # 'auto': DDP under torchrun with more than one rank, else one process
 FSDP_DEVICE_TYPES = ("cuda", "cpu")  # NCCL and gloo
 ROOT = "(root)"  # how the results name the root module among the sharded ones
-# Whole tensors on rank 0's CPU: the other ranks get an empty dict, and no rank holds two whole copies.
-_GATHERED = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 @dataclass(frozen=True)
@@ -86,11 +75,6 @@ def resolve_strategy(requested: str, world_size: int) -> str:
     if requested == "fsdp":
         return "fsdp"
     return "ddp" if world_size > 1 else "single"
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """True for a model ``fully_shard`` has wrapped (its parameters are DTensor shards)."""
-    return isinstance(model, FSDPModule)
 
 
 def place_model(
@@ -150,8 +134,10 @@ def _shard(
 ) -> str:
     """``fully_shard`` each block, then the root, over a mesh made for ``device``; returns the mesh in words."""
     if is_sharded(model):  # a second run on the same model: its shards stay as they are
-        mesh = next(p for p in model.parameters() if isinstance(p, DTensor)).device_mesh
+        mesh = next(p for p in model.parameters() if is_dtensor(p)).device_mesh
     else:
+        from torch.distributed.device_mesh import init_device_mesh
+
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # the mesh uses the current CUDA device
         # Made explicitly for the device: without a mesh, fully_shard would pick CUDA.
@@ -171,8 +157,18 @@ def reshard(model: nn.Module) -> None:
     tensors instead of the shards, and its steps would be lost at the next gather.
     """
     for module in model.modules():
-        if isinstance(module, FSDPModule):
+        if is_sharded(module):
             module.reshard()
+
+
+def release_model(model: nn.Module) -> None:
+    """At the end of training: each block's own forward back; under FSDP, the shards registered again.
+
+    The model stays sharded after an FSDP run (``full_state_dict`` gathers it), but its parameters
+    are then the fp32 shards, never the last forward's gathered (bf16) root.
+    """
+    release_activation_checkpointing(model)
+    reshard(model)
 
 
 def mixed_precision_policy(plan: PrecisionPlan) -> MixedPrecisionPolicy:
@@ -185,7 +181,7 @@ def mixed_precision_policy(plan: PrecisionPlan) -> MixedPrecisionPolicy:
 def _class_name(module: nn.Module) -> str:
     """The block's own class name (FSDP puts an 'FSDP' subclass in front of it)."""
     cls = type(module)
-    if isinstance(module, FSDPModule):
+    if is_sharded(module):
         cls = next(c for c in cls.__mro__[1:] if c is not FSDPModule and not issubclass(c, FSDPModule))
     return cls.__name__
 
@@ -201,7 +197,9 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     if not is_sharded(model):
         return model.state_dict()
-    return get_model_state_dict(model, options=_GATHERED)
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_gathered())
 
 
 def load_full_state_dict(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -209,6 +207,8 @@ def load_full_state_dict(model: nn.Module, weights: dict[str, torch.Tensor]) -> 
     if not is_sharded(model):
         model.load_state_dict(weights)
         return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
 
 
@@ -220,7 +220,9 @@ def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
     """
     if not is_sharded(model):
         return optimizer.state_dict()
-    gathered = get_optimizer_state_dict(model, optimizer, options=_GATHERED)  # keyed by parameter name
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    gathered = get_optimizer_state_dict(model, optimizer, options=_gathered())  # keyed by parameter name
     if not gathered:
         return {}
     index = {name: i for i, name in enumerate(_parameter_names(model, optimizer))}
@@ -244,8 +246,17 @@ def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Opti
             {**group, "params": [names[int(i)] for i in group["params"]]} for group in state["param_groups"]
         ],
     }
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     # Every rank read the file: each keeps its own shard of every moment.
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def _gathered() -> Any:
+    """Whole tensors on rank 0's CPU: the other ranks get an empty dict, and no rank holds two whole copies."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def _parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
@@ -256,7 +267,7 @@ def _parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list
 
 def plain_tensor(value: torch.Tensor | None) -> torch.Tensor | None:
     """A DTensor result (FSDP's gradient norm) as a whole tensor on every rank (a collective); others unchanged."""
-    return value.full_tensor() if isinstance(value, DTensor) else value
+    return value.full_tensor() if is_dtensor(value) else value
 
 
 # --------------------------------------------------------------------------- validation in step
@@ -306,6 +317,7 @@ __all__ = [
     "mixed_precision_policy",
     "place_model",
     "plain_tensor",
+    "release_model",
     "reshard",
     "resolve_strategy",
 ]

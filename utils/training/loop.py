@@ -27,10 +27,9 @@ import torch.nn as nn
 
 from utils.model_helpers import extract_logits, validate_model
 from utils.training import checkpoint as ckpt
-from utils.training.blocks import release_activation_checkpointing
 from utils.training.callbacks import EarlyStopping
 from utils.training.distributed import all_reduce_mean, all_reduce_sum, gradient_sync
-from utils.training.fsdp import lockstep_batches, plain_tensor
+from utils.training.fsdp import lockstep_batches, plain_tensor, release_model
 from utils.training.losses import next_token_loss_sums
 from utils.training.parts import (
     StepRecords,
@@ -101,7 +100,7 @@ def train(
         finished = True
     finally:
         model.train()
-        release_activation_checkpointing(model)
+        release_model(model)  # activation checkpointing undone; under FSDP, the shards registered
         outputs.close()
         if owned_run is not None:
             owned_run.finish(exit_code=0 if finished else 1)

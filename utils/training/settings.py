@@ -32,6 +32,7 @@ from utils.training.blocks import check_block_spec
 from utils.training.callbacks import MODES
 from utils.training.corpus import DEFAULT_CORPUS_BYTES
 from utils.training.fsdp import FSDP_DEVICE_TYPES, STRATEGIES
+from utils.training.fsdp_api import require_fsdp2
 from utils.training.precision import validate_precision_args
 
 # The keys of an epoch row: any of them can be the monitored metric for best.pt and early stopping.
@@ -121,6 +122,7 @@ class TrainingSettings:
             )
         if self.strategy != "fsdp":
             return
+        require_fsdp2()
         if self.precision == "fp16":
             raise ValueError(
                 "strategy='fsdp' does not train in fp16: its loss scaler would need an inf/NaN check over every "

@@ -189,6 +189,19 @@ def test_bf16_under_fsdp_gathers_bf16_parameters_and_keeps_fp32_shards(cpu_bf16)
     torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=2e-2, atol=0)  # bf16: ~3 significant digits
 
 
+@pytest.mark.requires_cuda
+def test_fsdp_on_one_gpu_matches_the_plain_run_in_fp32_and_bf16():
+    # NCCL on a 1-rank mesh, FSDP's bf16 policy and the fused AdamW over DTensor shards.
+    data = fsdp_worker.text_rows()
+    for precision, tolerance in (("fp32", TOL), ("bf16", dict(rtol=2e-2, atol=0))):
+        histories = []
+        for strategy in ("auto", "fsdp"):
+            model, config = fsdp_worker.build_model()
+            settings = _settings(strategy=strategy, precision=precision, device="cuda", max_steps=4, batch_size=4)
+            histories.append(train(model, config, settings, *data)["loss_history"])
+        torch.testing.assert_close(histories[1], histories[0], **tolerance, msg=precision)
+
+
 def test_activation_checkpointing_gives_the_same_fp32_losses_and_is_undone():
     plain, _ = _tiny_run()
     recomputed, model = _tiny_run(activation_checkpointing=True)

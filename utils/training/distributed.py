@@ -81,8 +81,9 @@ def setup_distributed(
     if world_size == 1:
         resolved = resolve_device(device)
         if process_group and not dist.is_initialized():
-            # One rank needs no rendezvous: an in-memory store, no port, no environment variables.
-            backend = "nccl" if resolved.type == "cuda" else "gloo"
+            # One rank needs no rendezvous: an in-memory store, no port, no environment variables. Where
+            # there is a GPU, the group serves both devices, so a later run on the other one can reuse it.
+            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
             atexit.register(_destroy_process_group)
         return DistributedContext(), resolved
@@ -105,7 +106,7 @@ def setup_distributed(
 def _destroy_process_group() -> None:
     if not dist.is_initialized():
         return
-    if dist.get_backend() == "gloo":
+    if "gloo" in str(dist.get_backend()):
         # A gloo worker thread frees its last collective's tensors just after the collective completes,
         # and needs the GIL to do so; if the interpreter is already finalizing (a rank that exits right
         # after its last FSDP all-gather, on a busy CPU), the thread dies inside C++ and the process

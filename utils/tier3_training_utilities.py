@@ -88,6 +88,9 @@ def test_fine_tuning(
     text_column: str | None = TrainingSettings.text_column,
     sample_every: int | None = TrainingSettings.sample_every,
     sample_prompt: str | None = TrainingSettings.sample_prompt,
+    strategy: str = TrainingSettings.strategy,
+    fsdp_wrap: str | type | tuple | None = TrainingSettings.fsdp_wrap,
+    activation_checkpointing: bool = TrainingSettings.activation_checkpointing,
 ) -> dict[str, Any]:
     """Train ``model`` as a next-token language model and report how it learned.
 
@@ -157,12 +160,25 @@ def test_fine_tuning(
             before and after training); the samples are in ``results['samples']``
             and, with W&B, in a table.
         sample_prompt: the samples' prompt (default: the start of the validation text).
+        strategy: 'auto' (DDP under torchrun with more than one process, else
+            one process), 'ddp', or 'fsdp': FSDP2 shards of the parameters,
+            gradients and AdamW state over the ranks, each block gathered in
+            turn (see "When the model outgrows one GPU" in the README). 'fsdp'
+            also runs in one process, on a 1-rank mesh; it refuses fp16.
+        fsdp_wrap: the block class to shard and checkpoint, by class or name
+            ('GPT2Block'), or a tuple of them. None: a Hugging Face model's
+            ``_no_split_modules``, else the largest ``nn.ModuleList`` of blocks.
+        activation_checkpointing: recompute each block's activations in the
+            backward pass instead of storing them (any strategy): less memory,
+            about one more forward of compute, the same losses.
 
     Under ``torchrun --nproc_per_node=N`` the same call trains with
     DistributedDataParallel: ``batch_size`` is per rank, each rank reads its
     share of every epoch, gradients are all-reduced once per optimizer step,
     the reported metrics are over all ranks, and only rank 0 shows progress
-    and logs to W&B.
+    and logs to W&B. With ``strategy='fsdp'`` the model stays sharded after
+    training; ``utils.training.fsdp.full_state_dict(model)`` gathers its whole
+    weights (on rank 0) for an export or a plain copy.
 
     Returns:
         A dict: ``loss_history``, ``grad_norm_history``, ``loss_scale_history``
@@ -177,7 +193,10 @@ def test_fine_tuning(
         validation), ``step_times_s``, ``samples_per_second``,
         ``tokens_per_second``, ``amp_enabled``, ``precision``,
         ``skipped_steps``, ``final_loss_scale``, ``optimizer_steps``,
-        ``device``, ``world_size``, ``compiled``, ``mfu`` (a fraction, None on
+        ``device``, ``world_size``, ``strategy`` ('single', 'ddp' or 'fsdp'),
+        ``fsdp`` (None, or the sharded modules, block classes, mesh and
+        dtypes), ``activation_checkpointing`` (the blocks that recompute),
+        ``compiled``, ``mfu`` (a fraction, None on
         CPU or an unknown GPU), ``throughput`` (steady-state tokens/s after
         the first steps, FLOPs per token, achieved and peak TFLOP/s, MFU and
         how each was found), ``causal`` (the setup probe's verdict: True, False,
@@ -224,6 +243,9 @@ def test_fine_tuning(
         text_column=text_column,
         sample_every=sample_every,
         sample_prompt=sample_prompt,
+        strategy=strategy,
+        fsdp_wrap=fsdp_wrap,
+        activation_checkpointing=activation_checkpointing,
     )
     results = loop.train(model, config, settings, train_data, val_data, callbacks=callbacks)
     results["figure"] = create_training_figure(results)

@@ -81,6 +81,9 @@ SETTING_FLAGS = {
     "run_name": "--run-name",
     "early_stopping_patience": "--early-stopping",
     "tokenizer": "--tokenizer",
+    "strategy": "--strategy",
+    "fsdp_wrap": "--fsdp-wrap",
+    "activation_checkpointing": "--activation-checkpointing",
 }
 
 
@@ -122,6 +125,40 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--compile", action="store_true", help="train through torch.compile (the first steps compile)")
     _add_tokenizer_option(group)
+
+
+def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
+    """--strategy, --fsdp-wrap and --activation-checkpointing, for the commands that train under torchrun."""
+    group = parser.add_argument_group("more than one GPU (under torchrun)")
+    group.add_argument(
+        "--strategy",
+        default=SETTING_DEFAULTS["strategy"],
+        choices=["auto", "ddp", "fsdp"],
+        help="auto: DDP under torchrun with more than one process; fsdp: FSDP2 shards of the weights, gradients "
+        "and AdamW state (default: %(default)s)",
+    )
+    group.add_argument(
+        "--fsdp-wrap",
+        metavar="CLASS[,CLASS]",
+        type=lambda text: tuple(name.strip() for name in text.split(",") if name.strip()) or None,
+        default=SETTING_DEFAULTS["fsdp_wrap"],
+        help="the block class(es) to shard and to checkpoint (default: a Hugging Face model's _no_split_modules, "
+        "else the largest list of blocks)",
+    )
+    group.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each block's activations in the backward pass: less memory, the same losses",
+    )
+
+
+def _strategy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The three settings the strategy flags set, as keywords for test_fine_tuning or the coordinator."""
+    return {
+        "strategy": args.strategy,
+        "fsdp_wrap": args.fsdp_wrap,
+        "activation_checkpointing": args.activation_checkpointing,
+    }
 
 
 def _add_tokenizer_option(group: argparse._ArgumentGroup) -> None:

@@ -18,10 +18,12 @@ from utils.cli.common import (
     _add_budget_options,
     _add_model_options,
     _add_progress_option,
+    _add_strategy_options,
     _check_export_dir,
     _check_hardware,
     _check_seq_len_and_seed,
     _profile_from_args,
+    _strategy_options,
 )
 from utils.cli.compare import _comparison_options, _comparison_section
 from utils.cli.model_loading import _check_model
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"utils {__version__}")
     _add_model_options(parser)
+    _add_strategy_options(parser)
     _add_training_options(parser)
     _add_output_options(parser)
     return parser
@@ -283,6 +286,7 @@ def _fine_tune(model: nn.Module, config: Any, args: argparse.Namespace, profile:
         tokenizer=args.tokenizer,
         sample_every=SAMPLES_BEFORE_AND_AFTER,
         sample_prompt=SAMPLE_PROMPT,
+        **_strategy_options(args),
     )
 
 

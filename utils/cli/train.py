@@ -16,6 +16,7 @@ from utils.cli.common import (
     RunProfile,
     _add_budget_options,
     _add_model_options,
+    _add_strategy_options,
     _check_export_dir,
     _check_hardware,
     _check_seq_len_and_seed,
@@ -23,6 +24,7 @@ from utils.cli.common import (
     _naming,
     _parse_and_check,
     _profile_from_args,
+    _strategy_options,
     flag_dest,
 )
 from utils.cli.model_loading import _check_model
@@ -83,6 +85,7 @@ def build_train_parser() -> argparse.ArgumentParser:
         "the settings the wizard wrote (python -m utils wizard).",
     )
     _add_model_options(parser)
+    _add_strategy_options(parser)
     group = parser.add_argument_group("training")
     group.add_argument(
         "--config",
@@ -325,6 +328,7 @@ def _train_options(args: argparse.Namespace, profile: RunProfile) -> dict[str, A
         early_stopping_patience=args.early_stopping,
         overwrite=args.overwrite,
         tokenizer=args.tokenizer,
+        **_strategy_options(args),
     )
 
 

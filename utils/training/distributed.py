@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun: one process per device, DDP, side effects on rank 0.
+"""Data-parallel training under torchrun: one process per device, DDP or FSDP, side effects on rank 0.
 
 ``torchrun --nproc_per_node=N script.py`` sets ``RANK``, ``LOCAL_RANK`` and
 ``WORLD_SIZE`` for each process. ``setup_distributed`` reads them, joins (or
@@ -17,6 +17,8 @@ import atexit
 import contextlib
 import inspect
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +26,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from utils.device import resolve_device
+from utils.training.fsdp_api import is_sharded
+
+_GLOO_DRAIN_S = 0.2  # see _destroy_process_group
 
 
 @dataclass(frozen=True)
@@ -58,12 +63,15 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def setup_distributed(device: str | torch.device | None = "auto") -> tuple[DistributedContext, torch.device]:
+def setup_distributed(
+    device: str | torch.device | None = "auto", *, process_group: bool = False
+) -> tuple[DistributedContext, torch.device]:
     """Join the process group torchrun describes, and choose this rank's device.
 
     Under torchrun, 'auto' and 'cuda' mean ``cuda:LOCAL_RANK`` (NCCL), and
     'cpu' means CPU with gloo. The group is created once per process, reused
-    if the caller already made one, and destroyed at exit.
+    if the caller already made one, and destroyed at exit. ``process_group=True``
+    makes a 1-rank group in a plain process too (FSDP needs one).
 
     Raises:
         ValueError: when a fixed GPU index is asked for under torchrun, where
@@ -71,7 +79,14 @@ def setup_distributed(device: str | torch.device | None = "auto") -> tuple[Distr
     """
     world_size = launched_world_size()
     if world_size == 1:
-        return DistributedContext(), resolve_device(device)
+        resolved = resolve_device(device)
+        if process_group and not dist.is_initialized():
+            # One rank needs no rendezvous: an in-memory store, no port, no environment variables. Where
+            # there is a GPU, the group serves both devices, so a later run on the other one can reuse it.
+            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+            atexit.register(_destroy_process_group)
+        return DistributedContext(), resolved
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     resolved = resolve_device(device)
     if resolved.type == "cuda":
@@ -89,8 +104,15 @@ def setup_distributed(device: str | torch.device | None = "auto") -> tuple[Distr
 
 
 def _destroy_process_group() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if "gloo" in str(dist.get_backend()):
+        # A gloo worker thread frees its last collective's tensors just after the collective completes,
+        # and needs the GIL to do so; if the interpreter is already finalizing (a rank that exits right
+        # after its last FSDP all-gather, on a busy CPU), the thread dies inside C++ and the process
+        # aborts ("terminate called without an active exception"). Let the threads finish first.
+        time.sleep(_GLOO_DRAIN_S)
+    dist.destroy_process_group()
 
 
 def wrap_data_parallel(model: nn.Module, ctx: DistributedContext, device: torch.device) -> nn.Module:
@@ -100,7 +122,7 @@ def wrap_data_parallel(model: nn.Module, ctx: DistributedContext, device: torch.
     rotary tables) are constants, and a broadcast per call would add a
     collective to validation, where ranks may run different batch counts.
     """
-    if not ctx.enabled:
+    if not ctx.enabled or is_sharded(model):  # an FSDP model is its own data-parallel wrapper
         return model
     device_ids = [device.index] if device.type == "cuda" else None
     ddp_parameters = inspect.signature(nn.parallel.DistributedDataParallel).parameters
@@ -112,13 +134,34 @@ def wrap_data_parallel(model: nn.Module, ctx: DistributedContext, device: torch.
 
 
 def gradient_sync(module: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-    """``module.no_sync()`` for micro-batches that do not end an accumulation group, else a no-op.
+    """No gradient communication for micro-batches that do not end an accumulation group, else a no-op.
 
-    Gradients then stay local until the last micro-batch, which all-reduces them once.
+    Gradients then stay local until the last micro-batch, which all-reduces (DDP) or
+    reduce-scatters (FSDP) them once.
     """
-    if sync or not isinstance(module, nn.parallel.DistributedDataParallel):
+    if sync:
         return contextlib.nullcontext()
-    return module.no_sync()
+    if isinstance(module, nn.parallel.DistributedDataParallel):
+        return module.no_sync()
+    if is_sharded(module):
+        return _fsdp_accumulate(module)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_accumulate(module: nn.Module) -> Iterator[None]:
+    """FSDP's no_sync: keep whole gradients locally, and keep the gathered parameters for the next micro-batch.
+
+    Until the group's last backward, each rank holds every block's unsharded gradients (and, between
+    micro-batches, its parameters), as DDP does; the sharded AdamW state stays 1/N.
+    """
+    module.set_requires_gradient_sync(False)
+    module.set_reshard_after_backward(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
+        module.set_reshard_after_backward(True)
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
@@ -144,3 +187,12 @@ def sum_host_values(values: list[float], ctx: DistributedContext, device: torch.
     if not ctx.enabled:
         return list(values)
     return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=device), ctx).tolist()
+
+
+def max_host_value(value: int, ctx: DistributedContext, device: torch.device) -> int:
+    """The largest of one host int over ranks (the value itself in a single process)."""
+    if not ctx.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())

@@ -53,6 +53,7 @@ from utils.model_helpers import (
 )
 from utils.optional import import_optional
 from utils.records import to_jsonable
+from utils.training.fsdp_api import is_sharded
 from utils.training.model_card import (
     CARD_FILE,
     CONFIG_FILE,
@@ -110,6 +111,12 @@ def export_state_dict(
         ImportError: safetensors is not installed.
     """
     model, results = _unpack(results_or_model)
+    if is_sharded(model):
+        raise ValueError(
+            "export_state_dict: this model is still FSDP-sharded after training. Gather it first, on every rank: "
+            "weights = utils.training.fsdp.full_state_dict(model); then on rank 0 load them into a freshly built "
+            "model (load_state_dict(weights, strict=True)) and export that one"
+        )
     config = _resolve_config(config, results, model)
     config_json = config_to_dict(config)
     _check_factory(model_factory)

@@ -30,6 +30,7 @@ from utils.model_helpers import extract_logits, validate_model
 from utils.training import checkpoint as ckpt
 from utils.training.callbacks import EarlyStopping
 from utils.training.distributed import all_reduce_mean, all_reduce_sum, gradient_sync
+from utils.training.fsdp import lockstep_batches, plain_tensor, release_model
 from utils.training.losses import bits_per_byte_row, next_token_loss_sums
 from utils.training.parts import (
     StepRecords,
@@ -108,6 +109,7 @@ def train(
         finished = True
     finally:
         model.train()
+        release_model(model)  # activation checkpointing undone; under FSDP, the shards registered
         outputs.close()
         if owned_run is not None:
             owned_run.finish(exit_code=0 if finished else 1)
@@ -200,7 +202,8 @@ def training_step(
             loss_sum, n_correct = next_token_loss_sums(logits, labels)
             loss = loss_sum / group_targets
         parts.amp_step.backward(loss)
-    grad_norm = parts.amp_step.update(parts.model.parameters()) if update else None
+    # Under FSDP the norm is over the shards: a DTensor, made whole (one all-reduce) here.
+    grad_norm = plain_tensor(parts.amp_step.update(parts.model.parameters())) if update else None
     return loss.detach(), n_correct, grad_norm
 
 
@@ -376,10 +379,11 @@ def run_validation_epoch(parts: TrainingParts) -> dict[str, float]:
     correct = torch.zeros((), dtype=torch.long, device=parts.device)
     n_targets = 0
     n_bytes = None  # bytes of text the targets cover; None when the data is token ids, not text
-    max_batches = parts.settings.max_val_batches
-    for i, batch in enumerate(parts.val_loader):
-        if max_batches is not None and i >= max_batches:
-            break  # per rank: under DDP, up to max_val_batches on each
+    # Up to max_val_batches per rank; under FSDP, as many on every rank (each forward is a collective).
+    sharded = parts.placement.sharded
+    for batch in lockstep_batches(
+        parts.val_loader, parts.settings.max_val_batches, parts.dist, parts.device, sharded=sharded
+    ):
         input_ids, labels, mask = to_device(batch, parts.device)
         with parts.plan.autocast():
             logits = extract_logits(parts.eval_forward(input_ids, mask))

@@ -36,9 +36,11 @@ from utils.model_helpers import (
     make_forward_fn,
     model_mode,
 )
+from utils.training.blocks import choose_blocks
 from utils.training.data import make_loader, prepare_lm_data, text_token_bytes
-from utils.training.distributed import DistributedContext, setup_distributed, wrap_data_parallel
+from utils.training.distributed import DistributedContext, max_host_value, setup_distributed, wrap_data_parallel
 from utils.training.flops import FlopsPerToken, model_flops_per_token
+from utils.training.fsdp import ModelPlacement, place_model, reshard
 from utils.training.items import longest_item
 from utils.training.metrics_tracker import MetricsTracker
 from utils.training.optim import build_lr_scheduler, build_optimizer
@@ -67,6 +69,7 @@ class TrainingParts:
     val_loader: torch.utils.data.DataLoader
     total_steps: int
     data_source: str
+    placement: ModelPlacement  # one process, DDP or FSDP shards; which blocks recompute activations
     causality: CausalVerdict = CausalVerdict(None, "not probed")  # the setup's causal probe (utils.causality)
     tokenizer: Any = None  # the TextTokenizer the text was encoded with (utils.training.text_tokenizer)
 
@@ -143,26 +146,37 @@ def build_parts(
 ) -> TrainingParts:
     """Resolve ranks, device and precision, build data, optimizer and schedule, and probe the model once.
 
-    ``weights`` (a checked state dict, when resuming) are loaded right after the move to the device,
-    before anything wraps or probes the model.
+    ``weights`` (a checked state dict, when resuming) are loaded right after the move to the device
+    (under FSDP, just before sharding), before anything wraps or probes the model.
     """
-    ctx, device = setup_distributed(settings.device)
+    fsdp = settings.strategy == "fsdp"
+    # Before any work: an fsdp_wrap that names no class of the model fails here.
+    blocks = choose_blocks(model, settings.fsdp_wrap, shard=fsdp, checkpoint=settings.activation_checkpointing)
+    ctx, device = setup_distributed(settings.device, process_group=fsdp)
     plan = resolve_precision(settings.precision, settings.use_amp, device)
-    model.to(device)
-    if weights is not None:
-        model.load_state_dict(weights)
+    placement = place_model(
+        model,
+        blocks,
+        strategy=settings.strategy,
+        activation_checkpointing=settings.activation_checkpointing,
+        ctx=ctx,
+        device=device,
+        plan=plan,
+        weights=weights,
+    )
     vocab_size, seq_len, pad_id = read_model_sizes(model, config, settings, train_data)
     train_loader, val_loader, data_source, tokenizer = _build_loaders(
         train_data, val_data, settings, ctx, device, vocab_size, seq_len, pad_id
     )
     eager_forward = make_forward_fn(model)
-    causality = _probe_model(eager_forward, model, next(iter(val_loader)), device, vocab_size, config)
+    causality = _probe_model(eager_forward, model, next(iter(val_loader)), device, vocab_size, config, ctx)
     train_module = wrap_data_parallel(model, ctx, device)
     forward = _compiled_forward(model, train_module, settings.compile_options)
     steps = total_steps(len(train_loader), settings)
     warmup = settings.warmup_steps if settings.warmup_steps is not None else round(0.1 * steps)
     if warmup > steps:
         raise ValueError(f"warmup_steps={warmup} exceeds the {steps} optimizer steps this run will take")
+    reshard(model)  # under FSDP, the optimizer must hold the shards, not the probe's gathered root
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
     return TrainingParts(
         settings=settings,
@@ -184,6 +198,7 @@ def build_parts(
         data_source=data_source,
         causality=causality,
         tokenizer=tokenizer,
+        placement=placement,
     )
 
 
@@ -275,7 +290,13 @@ def read_model_sizes(
 
 
 def _probe_model(
-    forward: Any, model: nn.Module, batch: dict, device: torch.device, vocab_size: int, config: Any = None
+    forward: Any,
+    model: nn.Module,
+    batch: dict,
+    device: torch.device,
+    vocab_size: int,
+    config: Any = None,
+    ctx: DistributedContext | None = None,
 ) -> CausalVerdict:
     """One forward pass before training, so an unusable output fails fast and clearly; then the causal probe.
 
@@ -291,7 +312,8 @@ def _probe_model(
             f"the model returned logits of shape {tuple(logits.shape)}, expected (batch, seq, vocab) = {expected}; "
             "test_fine_tuning needs per-token vocabulary logits (check config.vocab_size and the LM head)"
         )
-    if not torch.isfinite(logits).all():  # a deliberate sync, once at setup
+    # A deliberate sync, once at setup. Every rank takes the same branch: under FSDP each forward is collective.
+    if max_host_value(int(not torch.isfinite(logits).all()), ctx or DistributedContext(), device):
         warnings.warn(
             "the model returned NaN or Inf logits on the first validation batch (in eval mode, FP32), before "
             "any training; the run will stop at the first logging step if the loss is non-finite. Check the "

@@ -68,6 +68,7 @@ def collect_results(
         "optimizer_steps": state.optimizer_step,
         "device": str(parts.device),
         "world_size": parts.dist.world_size,
+        **parts.placement.record(),  # strategy, fsdp (what was sharded, on which mesh), activation_checkpointing
         "compiled": parts.settings.compile_options is not None,
         "checkpoint_path": str(ckpt.checkpoint_path(checkpoint_dir)) if checkpoint_dir else None,
         "parameters": count_parameters(parts.model)["total"],

@@ -17,6 +17,12 @@ from typing import Any
 from utils.training import checkpoint as ckpt
 from utils.training.callbacks import is_improvement
 from utils.training.distributed import barrier
+from utils.training.fsdp import (
+    full_optimizer_state_dict,
+    full_state_dict,
+    load_full_optimizer_state_dict,
+    load_full_state_dict,
+)
 from utils.training.metrics_tracker import MetricsTracker
 from utils.training.parts import (
     StepRecords,
@@ -63,7 +69,7 @@ def _restore_training_state(
     checkpoint: dict[str, Any],
 ) -> None:
     """Optimizer, schedule, scaler, counters, histories and RNG, from a checkpoint (weights are already in)."""
-    parts.optimizer.load_state_dict(checkpoint["optimizer"])
+    load_full_optimizer_state_dict(parts.model, parts.optimizer, checkpoint["optimizer"])
     parts.scheduler.load_state_dict(checkpoint["scheduler"])
     if parts.amp_step.enabled != (checkpoint["scaler"] is not None):
         warnings.warn(
@@ -115,11 +121,15 @@ def _restore_callback_states(callbacks: list[Any], saved: dict[str, Any]) -> Non
 def save_training_checkpoint(
     parts: TrainingParts, state: TrainingState, records: StepRecords, outputs: TrainingOutputs
 ) -> None:
-    """Rank 0 writes ``last.pt``; every rank waits for it, so a resume right after sees the file."""
+    """Rank 0 writes ``last.pt``; every rank waits for it, so a resume right after sees the file.
+
+    Under FSDP, every rank takes part in gathering the whole weights and optimizer state onto rank 0.
+    """
+    weights, optimizer_state = full_state_dict(parts.model), full_optimizer_state_dict(parts.model, parts.optimizer)
     if parts.dist.is_main:
         checkpoint = {
-            "model": parts.model.state_dict(),
-            "optimizer": parts.optimizer.state_dict(),
+            "model": weights,
+            "optimizer": optimizer_state,
             "scheduler": parts.scheduler.state_dict(),
             "scaler": parts.amp_step.state_dict(),
             "precision": parts.plan.name,
@@ -144,11 +154,12 @@ def update_best(parts: TrainingParts, state: TrainingState, row: dict[str, Any])
     if not is_improvement(row.get(s.monitor), state.best_value, s.mode):
         return
     state.best_value, state.best_epoch = float(row[s.monitor]), state.epoch
-    if s.checkpoint_dir is not None and parts.dist.is_main:
+    if s.checkpoint_dir is None:
+        return
+    weights = full_state_dict(parts.model)  # under FSDP, a gather every rank takes part in
+    if parts.dist.is_main:
         path = ckpt.best_checkpoint_path(s.checkpoint_dir)
-        ckpt.save_best(
-            path, parts.model.state_dict(), epoch=state.epoch, monitor=s.monitor, mode=s.mode, value=state.best_value
-        )
+        ckpt.save_best(path, weights, epoch=state.epoch, monitor=s.monitor, mode=s.mode, value=state.best_value)
 
 
 def load_best_weights(parts: TrainingParts) -> bool:
@@ -157,7 +168,7 @@ def load_best_weights(parts: TrainingParts) -> bool:
     path = ckpt.best_checkpoint_path(parts.settings.checkpoint_dir)
     if not path.is_file():
         return False
-    parts.model.load_state_dict(ckpt.load_best(path)["model"])
+    load_full_state_dict(parts.model, ckpt.load_best(path)["model"])
     return True
 
 

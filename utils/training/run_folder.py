@@ -262,6 +262,12 @@ def settings_record(settings: loop.TrainingSettings) -> dict[str, Any]:
     record["device"] = str(record["device"]) if record["device"] is not None else None
     # The name or path as given; a tokenizer object as its kind (the run keeps the tokenizer itself).
     record["tokenizer"] = describe_tokenizer_spec(record["tokenizer"])
+    # Block classes as their names, which is how fsdp_wrap= also takes them back.
+    wrap = record["fsdp_wrap"]
+    if wrap is not None:
+        record["fsdp_wrap"] = [
+            w if isinstance(w, str) else w.__name__ for w in (wrap if isinstance(wrap, tuple) else (wrap,))
+        ]
     return to_jsonable(record)
 
 

@@ -28,8 +28,11 @@ from utils.checks import (
 )
 from utils.device import resolve_device
 from utils.training import checkpoint as ckpt
+from utils.training.blocks import check_block_spec
 from utils.training.callbacks import MODES
 from utils.training.corpus import DEFAULT_CORPUS_BYTES
+from utils.training.fsdp import FSDP_DEVICE_TYPES, STRATEGIES
+from utils.training.fsdp_api import require_fsdp2
 from utils.training.precision import validate_precision_args
 from utils.training.tokenization import check_tokenizer_spec
 
@@ -90,6 +93,9 @@ class TrainingSettings:
     text_column: str | None = None  # the text column of a Hugging Face dataset or data file
     sample_every: int | None = None  # print and log a short sample every N optimizer steps
     sample_prompt: str | None = None  # the samples' prompt (None: the start of the validation text)
+    strategy: str = "auto"  # 'auto': DDP under torchrun (N > 1), else one process; 'ddp'; 'fsdp' (FSDP2 shards)
+    fsdp_wrap: str | type | tuple | None = None  # the block class(es) to shard and checkpoint; None: found
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
 
     def __post_init__(self) -> None:
         for name in ("n_epochs", "batch_size", "gradient_accumulation_steps", "log_every", "max_corpus_bytes"):
@@ -122,6 +128,29 @@ class TrainingSettings:
         check_positive_int(self.sample_every, "sample_every", allow_none=True)
         if self.sample_prompt is not None and (not isinstance(self.sample_prompt, str) or not self.sample_prompt):
             raise ValueError(f"sample_prompt must be a non-empty string or None, got {self.sample_prompt!r}")
+        self._check_strategy()
+
+    def _check_strategy(self) -> None:
+        """``strategy``, ``fsdp_wrap`` and ``activation_checkpointing``, and the combinations FSDP refuses."""
+        check_choice(self.strategy, "strategy", STRATEGIES)
+        check_bool(self.activation_checkpointing, "activation_checkpointing")
+        object.__setattr__(self, "fsdp_wrap", check_block_spec(self.fsdp_wrap, "fsdp_wrap"))
+        if self.fsdp_wrap is not None and self.strategy != "fsdp" and not self.activation_checkpointing:
+            raise ValueError(
+                "fsdp_wrap= names the blocks to shard or to checkpoint; pass strategy='fsdp' or "
+                "activation_checkpointing=True with it"
+            )
+        if self.strategy != "fsdp":
+            return
+        require_fsdp2()
+        if self.precision == "fp16":
+            raise ValueError(
+                "strategy='fsdp' does not train in fp16: its loss scaler would need an inf/NaN check over every "
+                "rank's shard. Pass precision='bf16' (or 'fp32'), or strategy='ddp' for fp16"
+            )
+        device_type = resolve_device(self.device).type
+        if device_type not in FSDP_DEVICE_TYPES:
+            raise ValueError(f"strategy='fsdp' runs on {FSDP_DEVICE_TYPES} (NCCL or gloo), not on {device_type}")
 
     @property
     def compile_options(self) -> dict[str, Any] | None:

@@ -132,6 +132,9 @@ class TrainingCoordinator:
         text_column: str | None = TrainingSettings.text_column,
         sample_every: int | None = TrainingSettings.sample_every,
         sample_prompt: str | None = TrainingSettings.sample_prompt,
+        strategy: str = TrainingSettings.strategy,
+        fsdp_wrap: str | type | tuple | None = TrainingSettings.fsdp_wrap,
+        activation_checkpointing: bool = TrainingSettings.activation_checkpointing,
     ) -> dict[str, Any]:
         """Train ``model`` in its own run folder; every keyword of ``test_fine_tuning`` works here too.
 

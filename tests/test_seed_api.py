@@ -189,3 +189,15 @@ def test_an_early_stopping_monitor_that_names_no_metric_is_refused_before_traini
     monkeypatch.setattr(loop, "build_parts", lambda *a, **k: pytest.fail("setup started"))
     with pytest.raises(ValueError, match=r"^EarlyStopping\(monitor='val/los'\) names no key of the epoch row"):
         tier3.test_fine_tuning(model, config, callbacks=[EarlyStopping(patience=1, monitor="val/los")])
+
+
+# --------------------------------------------------------------------------- ConfigPresets
+
+
+def test_list_presets_is_the_seeds_name_to_description_dict():
+    from utils.ui.presets import ConfigPresets
+
+    listed = ConfigPresets.list_presets()
+    assert isinstance(listed, dict) and {"tiny", "small", "medium", "large"} <= set(listed)
+    assert all(isinstance(text, str) and text for text in listed.values())
+    assert [row["name"] for row in ConfigPresets.preset_rows()] == list(listed)  # the rows, under another name

@@ -171,7 +171,8 @@ def load_for_resume(
             when the checkpoint has already trained ``n_epochs`` epochs.
     """
     checkpoint = load_checkpoint(resume_from, name=name)
-    done = int(checkpoint["epoch"]) + 1
+    # An epoch cut short by max_steps is not done: the resume trains the rest of it.
+    done = int(checkpoint["epoch"]) + (1 if checkpoint.get("epoch_progress", {"complete": True})["complete"] else 0)
     if done >= n_epochs:
         raise ValueError(
             f"{name}={str(resume_from)!r} finished epoch {done} of its run; {epochs_name} counts from that run's "

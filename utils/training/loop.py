@@ -44,7 +44,7 @@ from utils.training.parts import (
     to_device,
 )
 from utils.training.results import THROUGHPUT_WARMUP_STEPS, collect_results
-from utils.training.resume import load_best_weights, save_training_checkpoint, start_run, update_best
+from utils.training.resume import continue_epoch, load_best_weights, save_training_checkpoint, start_run, update_best
 from utils.training.sampling import finish_sampling, start_sampling
 from utils.training.settings import EPOCH_ROW_KEYS, TrainingSettings, total_steps
 from utils.training.text_tokenizer import saved_tokenizer
@@ -213,14 +213,16 @@ def run_training_epoch(
     """One pass over the training data (or until ``max_steps``). Returns the epoch's train metrics."""
     parts.train_module.train()
     parts.train_loader.sampler.set_epoch(state.epoch)  # a new order each epoch, the same on every rank
-    loss_sum = torch.zeros((), device=parts.device)
-    correct = torch.zeros((), dtype=torch.long, device=parts.device)
-    n_targets = 0
+    batches, (done_loss, done_correct, n_targets) = continue_epoch(parts.train_loader, state)
+    loss_sum = torch.full((), done_loss, device=parts.device)
+    correct = torch.full((), done_correct, dtype=torch.long, device=parts.device)
     first_step = len(records.losses)
     outputs.timer.start()
-    for group in accumulation_groups(parts.train_loader, parts.settings.gradient_accumulation_steps):
+    for group in accumulation_groups(batches, parts.settings.gradient_accumulation_steps):
         if state.optimizer_step >= parts.total_steps or state.stop_training:
+            state.epoch_complete = False  # stopped inside the epoch: a resume goes on from this batch
             break
+        state.epoch_batches += len(group)
         group_targets = max(1, sum(b["n_targets"] for b in group))  # host ints: no sync
         step_loss = torch.zeros((), device=parts.device)
         for i, batch in enumerate(group):
@@ -235,6 +237,8 @@ def run_training_epoch(
         n_targets += group_targets
     outputs.timer.stop()
     _drain_step_history(parts, state, records, first_step)
+    if not state.epoch_complete:  # a deliberate sync, once: the sums travel in last.pt
+        state.epoch_sums = (float(loss_sum), int(correct), n_targets)
     loss, accuracy = _read_totals(parts, loss_sum, correct, n_targets)
     return {"train/loss": loss, "train/accuracy": accuracy}
 

@@ -91,6 +91,11 @@ class TrainingState:
     samples_seen: int = 0
     best_value: float | None = None  # of settings.monitor, over the epochs so far
     best_epoch: int | None = None
+    # Where the current epoch stands: micro-batches trained, whether it ran to its end, and its train
+    # sums (loss, correct, targets) so far. A run stopped by max_steps inside an epoch resumes from here.
+    epoch_batches: int = 0
+    epoch_complete: bool = True
+    epoch_sums: tuple[float, int, int] = (0.0, 0, 0)
 
 
 @dataclass

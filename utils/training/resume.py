@@ -10,8 +10,9 @@ writes, data-only reads) are ``training.checkpoint``'s.
 
 from __future__ import annotations
 
+import itertools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from utils.training import checkpoint as ckpt
@@ -77,16 +78,48 @@ def _restore_training_state(
             stacklevel=5,
         )
     parts.amp_step.load_state_dict(checkpoint["scaler"])
-    state.start_epoch = checkpoint["epoch"] + 1
+    progress = checkpoint.get("epoch_progress", {"complete": True})
+    state.start_epoch = checkpoint["epoch"] + (1 if progress["complete"] else 0)
+    if not progress["complete"]:  # stopped by max_steps inside the epoch: go on from its next batch
+        state.epoch_batches, state.epoch_complete = progress["batches"], False
+        state.epoch_sums = (progress["loss_sum"], progress["correct"], progress["n_targets"])
     state.optimizer_step = records.last_read_step = checkpoint["optimizer_step"]
     state.skipped_steps = records.last_read_skipped = checkpoint["skipped_steps"]
     records.history = {key: list(values) for key, values in checkpoint["history"].items()}
-    outputs.tracker.epoch_rows.extend(checkpoint["epoch_rows"])
+    rows = list(checkpoint["epoch_rows"])
+    if not progress["complete"] and rows and rows[-1].get("epoch") == checkpoint["epoch"]:
+        rows.pop()  # the cut epoch's row: the resumed epoch writes the whole epoch's row at its end
+    outputs.tracker.epoch_rows.extend(rows)
     outputs.tracker.step_rows.extend(checkpoint["step_rows"])
     state.best_value, state.best_epoch = checkpoint["best"]["value"], checkpoint["best"]["epoch"]
     _restore_callback_states(outputs.callbacks, checkpoint["callbacks"])
     if parts.dist.is_main:
         ckpt.restore_rng_state(checkpoint["rng"])  # the other ranks keep their own dropout streams
+
+
+def _epoch_progress(state: TrainingState) -> dict[str, Any]:
+    """Whether the checkpointed epoch ran to its end; if not, how far it got and its train sums so far."""
+    loss_sum, correct, n_targets = state.epoch_sums
+    return {
+        "complete": state.epoch_complete,
+        "batches": state.epoch_batches,
+        "loss_sum": loss_sum,
+        "correct": correct,
+        "n_targets": n_targets,
+    }
+
+
+def continue_epoch(loader: Iterable[dict], state: TrainingState) -> tuple[Iterator[dict], tuple[float, int, int]]:
+    """This epoch's batches still to train, and its train sums so far: all and zeros, unless resuming inside it.
+
+    A resumed epoch skips the micro-batches it trained before the step cap (its order depends only on
+    the seed and the epoch), so it goes on exactly where it stopped.
+    """
+    if state.epoch_complete:
+        state.epoch_batches, state.epoch_sums = 0, (0.0, 0, 0)
+        return iter(loader), (0.0, 0, 0)
+    state.epoch_complete = True  # until this pass stops early again
+    return itertools.islice(loader, state.epoch_batches, None), state.epoch_sums
 
 
 def _callback_keys(callbacks: list[Any]) -> list[str]:
@@ -142,6 +175,7 @@ def save_training_checkpoint(
             "rng": ckpt.capture_rng_state(),
             "best": {"value": state.best_value, "epoch": state.best_epoch},
             "callbacks": _callback_states(outputs.callbacks),
+            "epoch_progress": _epoch_progress(state),
             "tokenizer": parts.tokenizer.to_json() if parts.tokenizer is not None else None,  # resume encodes alike
         }
         ckpt.save_checkpoint(ckpt.checkpoint_path(parts.settings.checkpoint_dir), checkpoint)

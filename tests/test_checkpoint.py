@@ -75,10 +75,15 @@ def test_resuming_after_an_epoch_continues_exactly(tmp_path, precision):
 
 def test_resuming_a_finished_run_asks_for_more_epochs_before_any_work(tmp_path, monkeypatch):
     model, config = _model()
-    tier3.test_fine_tuning(model, config, n_epochs=1, max_steps=2, checkpoint_dir=tmp_path, **RUN)
+    small = {**RUN, "max_corpus_bytes": 600}  # a whole epoch in a few steps (a max_steps cut leaves it unfinished)
+    tier3.test_fine_tuning(model, config, n_epochs=1, checkpoint_dir=tmp_path, **small)
     monkeypatch.setattr(loop, "build_parts", lambda *a, **k: pytest.fail("setup started"))
     with pytest.raises(ValueError, match=r"finished epoch 1 of its run.*pass n_epochs > 1"):
-        tier3.test_fine_tuning(model, config, n_epochs=1, resume_from=tmp_path, **RUN)
+        tier3.test_fine_tuning(model, config, n_epochs=1, resume_from=tmp_path, **small)
+    with pytest.raises(
+        ValueError, match=r"already took \d+ optimizer steps, all that n_epochs=2 and max_steps=2 allow"
+    ):
+        tier3.test_fine_tuning(model, config, n_epochs=2, max_steps=2, resume_from=tmp_path, **small)
 
 
 def test_bad_checkpoint_arguments_name_the_argument(tmp_path):

@@ -416,7 +416,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_resume_with_no_epoch_left_fails_before_any_work(finished_run, monkeypatch, capsys):
     argv = [*_user_model_run(finished_run), "--epochs", "1", "--resume", str(finished_run / "ckpt")]
-    fix = "finished epoch 1 of its run; --epochs counts from that run's start, so pass --epochs > 1 to train on"
+    # The run stopped at --max-steps 2 inside its first epoch: that epoch is not done, the step cap is the limit.
+    fix = "the run already took 2 optimizer steps, all that --epochs=1 and --max-steps=2 allow; raise them to train on"
     _assert_usage_error(
         [*argv, "--out", str(finished_run / "never")], "--resume", fix, finished_run, monkeypatch, capsys
     )
@@ -533,7 +534,9 @@ def test_train_resume_continues_the_named_run(trained_run, tmp_path):
     assert "resuming" in stdout and f"| run folder | {run_dir} |" in stdout
     assert json.loads((run_dir / "results.json").read_text())["optimizer_steps"] == 6
     epochs = [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
-    assert epochs == ["0", "1"]  # epoch 0 from the first run, epoch 1 from the resumed one
+    # The first run stopped at --max-steps 3 inside epoch 0; the resume trains on inside it (steps 4-6), so the
+    # one row is the whole of epoch 0 so far, not a cut epoch 0 and a new epoch 1.
+    assert epochs == ["0"]
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["settings"]["n_epochs"] == 2 and saved["lifecycle"]["early_stopping_patience"] == 2
 
@@ -680,7 +683,8 @@ def test_train_refuses_torchrun(workspace, monkeypatch, capsys):
 
 # (extra argv after `train --run-name first --resume`, the flag, the fix): resuming the fixture's 3-step run.
 RESUME_BAD_ARGUMENTS = [
-    _bad([], "--resume", "finished epoch 1 of its run; --epochs counts from that run's start, so pass --epochs > 1"),
+    # The run stopped at --max-steps 3 inside its first epoch, so the cap (not the epochs) is what runs out.
+    _bad([], "--max-steps", "already took 3 optimizer steps, its cap of 3; pass --max-steps > 3"),
     _bad(["--epochs", "2"], "--max-steps", "already took 3 optimizer steps, its cap of 3; pass --max-steps > 3"),
     _bad(["--epochs", "2", "--max-steps", "3"], "--max-steps", "pass --max-steps > 3"),
     _bad(["--epochs", "2", "--max-steps", "6", "--lr", "0.1"], "--lr", "trained with learning_rate=0.001"),

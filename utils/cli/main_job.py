@@ -147,7 +147,7 @@ def check_args(args: argparse.Namespace) -> CheckedInputs:
     out = _check_paths(args)
     _check_hardware(args)
     built = _check_model(args)
-    _check_resume(args.resume, built.model, profile.n_epochs)
+    _check_resume(args.resume, built.model, profile.n_epochs, profile.max_steps)
     return CheckedInputs(profile, out, built.model, built.config, built.label)
 
 
@@ -194,10 +194,18 @@ def _check_apart(path: Path, flag: str, other: Path, other_flag: str) -> None:
         )
 
 
-def _check_resume(resume: str | None, model: nn.Module, n_epochs: int) -> None:
-    """Read --resume once before any work: a checkpoint of this model, with an epoch left to train."""
+def _check_resume(resume: str | None, model: nn.Module, n_epochs: int, max_steps: int | None) -> None:
+    """Read --resume once before any work: a checkpoint of this model, with an epoch (and a step) left to train."""
     if resume is not None:
-        checkpoint.load_for_resume(resume, model, n_epochs, name="--resume", epochs_name="--epochs")
+        checkpoint.load_for_resume(
+            resume,
+            model,
+            n_epochs,
+            max_steps=max_steps,
+            name="--resume",
+            epochs_name="--epochs",
+            steps_name="--max-steps",
+        )
 
 
 def _run_job(args: argparse.Namespace, inputs: CheckedInputs) -> int:

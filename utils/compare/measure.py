@@ -33,20 +33,25 @@ from utils.training.data import prepare_lm_data
 LATENCY_ROUNDS, LATENCY_WARMUP, LATENCY_ITERS_PER_ROUND = 4, 3, 5
 
 
+def held_out_data(test_data: Any, vocab_size: int, settings: loop.TrainingSettings) -> Any:
+    """The built-in corpus split (``test_data``, when given, as its validation part) as ``settings`` reads it."""
+    return prepare_lm_data(
+        None,
+        test_data,
+        vocab_size=vocab_size,
+        seq_len=settings.seq_len,
+        max_corpus_bytes=settings.max_corpus_bytes,
+        tokenizer=settings.tokenizer,
+        text_column=settings.text_column,
+    )
+
+
 def evaluation_data(
     test_data: Any, n_samples: int, vocab_size: int, settings: loop.TrainingSettings
 ) -> tuple[torch.utils.data.Dataset, int]:
     """The first ``n_samples`` held-out sequences (the corpus tail, or ``test_data``), and the train set's size."""
     try:
-        data = prepare_lm_data(
-            None,
-            test_data,
-            vocab_size=vocab_size,
-            seq_len=settings.seq_len,
-            max_corpus_bytes=settings.max_corpus_bytes,
-            tokenizer=settings.tokenizer,
-            text_column=settings.text_column,
-        )
+        data = held_out_data(test_data, vocab_size, settings)
     except (TypeError, ValueError) as err:
         if test_data is None:
             raise

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from utils.compare.measure import epochs_for
+from utils.compare.measure import epochs_for, held_out_data
 from utils.training import loop
-from utils.training.data import prepare_lm_data, text_token_bytes
+from utils.training.data import text_token_bytes
 from utils.training.items import item_ids
 from utils.training.text_data import corpus_sources
 from utils.training.text_tokenizer import TextTokenizer
@@ -90,15 +90,7 @@ def matching_evaluation_data(
     Returns:
         (those sequences, the number of training sequences under that tokenizer).
     """
-    data = prepare_lm_data(
-        None,
-        test_data,
-        vocab_size=vocab_size,
-        seq_len=settings.seq_len,
-        max_corpus_bytes=settings.max_corpus_bytes,
-        tokenizer=settings.tokenizer,
-        text_column=settings.text_column,
-    )
+    data = held_out_data(test_data, vocab_size, settings)
     target, table = covered_bytes(reference), text_token_bytes(data.val)
     if target is None or table is None:  # token ids: nothing to match by, so score the same count
         return torch.utils.data.Subset(data.val, range(min(len(reference), len(data.val)))), len(data.train)

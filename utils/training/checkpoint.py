@@ -160,11 +160,19 @@ def _check_structure(checkpoint: Any, path: Path, name: str) -> None:
 
 
 def load_for_resume(
-    resume_from: Any, model: nn.Module, n_epochs: int, *, name: str = "resume_from", epochs_name: str = "n_epochs"
+    resume_from: Any,
+    model: nn.Module,
+    n_epochs: int,
+    *,
+    max_steps: int | None = None,
+    name: str = "resume_from",
+    epochs_name: str = "n_epochs",
+    steps_name: str = "max_steps",
 ) -> dict[str, Any]:
     """Read a checkpoint to resume ``model`` from, before any work: safely, fitting the model, with an epoch left.
 
-    ``n_epochs`` counts from the start of the checkpoint's run, so it must exceed the epochs already done.
+    ``n_epochs`` counts from the start of the checkpoint's run, so it must exceed the epochs already done
+    (an epoch cut short by ``max_steps`` is not done), and ``max_steps``, when given, the steps taken.
 
     Raises:
         TypeError, FileNotFoundError, ValueError: as ``load_checkpoint`` and ``check_matches_model``, and
@@ -177,6 +185,12 @@ def load_for_resume(
         raise ValueError(
             f"{name}={str(resume_from)!r} finished epoch {done} of its run; {epochs_name} counts from that run's "
             f"start, so pass {epochs_name} > {done} to train on"
+        )
+    steps = int(checkpoint["optimizer_step"])
+    if max_steps is not None and steps >= max_steps:
+        raise ValueError(
+            f"{name}={str(resume_from)!r}: the run already took {steps} optimizer steps, all that "
+            f"{epochs_name}={n_epochs} and {steps_name}={max_steps} allow; raise them to train on"
         )
     check_matches_model(checkpoint, model, name=name)
     return checkpoint

@@ -131,7 +131,7 @@ def _check_before_work(model: nn.Module, settings: TrainingSettings, callbacks: 
         import_wandb()  # without wandb installed: the install hint, before any work
     if settings.resume_from is None:
         return None
-    return ckpt.load_for_resume(settings.resume_from, model, settings.n_epochs)
+    return ckpt.load_for_resume(settings.resume_from, model, settings.n_epochs, max_steps=settings.max_steps)
 
 
 def _run_epoch(parts: TrainingParts, state: TrainingState, records: StepRecords, outputs: TrainingOutputs) -> None:

@@ -7,7 +7,6 @@ import math
 import os
 import signal
 import stat
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
+from tiny_models import run_until_killed
 
 from utils import folders, records, report
 
@@ -174,17 +174,12 @@ def _kill_while_deleting_the_old_report() -> None:
 
 def _write_killed(out: Path, kill_point: Callable[[], None]) -> None:
     """Overwrite ``out`` in a forked child that is killed at ``kill_point``."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            kill_point()
-            _write(out, "new", overwrite=True)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(1)  # reached only when the kill point never came
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "the child was not killed"
+
+    def overwrite() -> None:
+        kill_point()
+        _write(out, "new", overwrite=True)
+
+    run_until_killed(overwrite)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import TINY
+from tiny_models import TINY, cpu_coordinator
 
 from utils import models
-from utils.training import training_core as tc
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # see conftest
 
@@ -43,8 +42,7 @@ def _watched_model():
     return model, config, seen
 
 
-def _coordinator(path):
-    return tc.TrainingCoordinator(output_dir=path, device="cpu", progress=False)
+_coordinator = cpu_coordinator
 
 
 def test_a_step_capped_run_continues_its_epoch_from_the_next_batch(tmp_path):

@@ -12,15 +12,13 @@ import json
 import os
 import shutil
 import signal
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
-from tiny_models import TINY
+from tiny_models import cpu_coordinator, lifecycle_model, run_until_killed
 
-from utils import folders, models
+from utils import folders
 from utils.training import checkpoint as ckpt
 from utils.training import loop, run_folder, training_core
 
@@ -39,13 +37,10 @@ RUN = dict(
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # see conftest
 
 
-def _model(seed=0):
-    torch.manual_seed(seed)
-    return models.tiny_gpt(**{**TINY, "max_seq_len": 16})
+_model = lifecycle_model
 
 
-def _coordinator(path):
-    return training_core.TrainingCoordinator(output_dir=path, device="cpu", progress=False)
+_coordinator = cpu_coordinator
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -108,18 +103,13 @@ def _after_the_first_checkpoint() -> list:
 
 def _overwrite_killed(out: Path, kill_point: Callable[[], list]) -> None:
     """``train(run_name='r', n_epochs=2, overwrite=True)`` in a forked child that is killed at ``kill_point``."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            callbacks = kill_point()
-            model, config = _model(seed=1)
-            _coordinator(out).train(model, config, run_name="r", n_epochs=2, overwrite=True, callbacks=callbacks, **RUN)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(1)  # reached only when the kill point never came
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "the child was not killed"
+
+    def overwrite() -> None:
+        callbacks = kill_point()
+        model, config = _model(seed=1)
+        _coordinator(out).train(model, config, run_name="r", n_epochs=2, overwrite=True, callbacks=callbacks, **RUN)
+
+    run_until_killed(overwrite)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import TINY
+from tiny_models import cpu_coordinator, lifecycle_model
 
-from utils import models
 from utils import tier3_training_utilities as tier3
 from utils.training import checkpoint as ckpt
 from utils.training import loop
@@ -44,13 +43,10 @@ EARLY = dict(n_epochs=6, early_stopping_patience=2, early_stopping_min_delta=100
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # see conftest
 
 
-def _model(seed=0):
-    torch.manual_seed(seed)
-    return models.tiny_gpt(**{**TINY, "max_seq_len": 16})
+_model = lifecycle_model
 
 
-def _coordinator(path):
-    return tc.TrainingCoordinator(output_dir=path, device="cpu", progress=False)
+_coordinator = cpu_coordinator
 
 
 def test_train_makes_a_run_folder_with_everything_a_run_leaves(tmp_path):

@@ -7,6 +7,11 @@ Every model is 2 layers and 32 wide, so the suite stays fast on CPU.
 
 from __future__ import annotations
 
+import os
+import signal
+import traceback
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn as nn
@@ -136,3 +141,30 @@ def read_terminal(leader: int, child) -> str | None:
         if child.poll() is not None:
             return None
     raise AssertionError(f"nothing written for {TERMINAL_GIVE_UP_S} s: waiting for input that cannot come")
+
+
+def run_until_killed(job: Callable[[], None]) -> None:
+    """Run ``job`` in a forked child that must die of SIGKILL (a kill point inside the job sends it)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            job()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(1)  # reached only when the kill point never came
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "the child was not killed"
+
+
+def lifecycle_model(seed: int = 0):
+    """The coordinator tests' model: the tiny GPT at 16 tokens, with seeded initial weights."""
+    torch.manual_seed(seed)
+    return models.tiny_gpt(**{**TINY, "max_seq_len": 16})
+
+
+def cpu_coordinator(path):
+    """A TrainingCoordinator writing under ``path``, on the CPU, without progress bars."""
+    from utils.training.training_core import TrainingCoordinator
+
+    return TrainingCoordinator(output_dir=path, device="cpu", progress=False)
